@@ -1,0 +1,5 @@
+import sys
+
+from cotdistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,295 @@
+"""Stage 1: sample teacher chain-of-thought traces for every problem.
+
+`sample_traces` is the core (problems and a backend in, Trace records out, no files);
+`run_generate` adds the edges: reading problems, resuming `traces.jsonl`, progress, manifest.
+
+    cotdistill generate --problems data/train.jsonl --out runs/gen --n 4
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from cotdistill.backends import Backend, Completion, make_backend
+from cotdistill.config import GenerateConfig, SamplingConfig
+from cotdistill.errors import InputError
+from cotdistill.problems import ProblemFields, in_shard, load_problems, parse_shard
+from cotdistill.prompts import PromptTemplate, load_template
+from cotdistill.records import (
+    Problem,
+    Sampling,
+    Trace,
+    append_durably,
+    dump_line,
+    sha256_file,
+    write_manifest,
+)
+
+TRACES = "traces.jsonl"
+
+
+def logprob_stats(logprobs: Sequence[float] | None) -> tuple[float | None, float | None]:
+    if not logprobs:
+        return None, None
+    return sum(logprobs) / len(logprobs), min(logprobs)
+
+
+def make_trace(
+    problem: Problem,
+    index: int,
+    completion: Completion,
+    messages: list[Any],
+    teacher: str,
+    template: PromptTemplate,
+    sampling: Sampling,
+) -> Trace:
+    mean, low = logprob_stats(completion.token_logprobs)
+    return Trace(
+        problem_id=problem.id,
+        sample_index=index,
+        question=problem.question,
+        gold_answer=problem.gold_answer,
+        messages=messages,
+        completion=completion.text,
+        finish_reason=completion.finish_reason,
+        num_tokens=completion.num_tokens,
+        mean_logprob=mean,
+        min_logprob=low,
+        token_logprobs=completion.token_logprobs,
+        teacher=teacher,
+        prompt_template=template.name,
+        prompt_hash=template.hash,
+        sampling=sampling,
+    )
+
+
+def sampling_record(config: SamplingConfig, seed: int | None) -> Sampling:
+    return Sampling(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_tokens,
+        n=config.n,
+        stop=config.stop,
+        seed=seed,
+    )
+
+
+def batched(items: Sequence[Problem], size: int) -> Iterator[list[Problem]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def sample_traces(
+    problems: Sequence[Problem],
+    template: PromptTemplate,
+    backend: Backend,
+    sampling: SamplingConfig,
+    teacher: str,
+    batch_size: int = 256,
+    seed: int | None = None,
+) -> Iterator[list[Trace]]:
+    """Yield the traces of each batch of problems (n per problem, in problem order)."""
+    record = sampling_record(sampling, seed)
+    for batch in batched(problems, batch_size):
+        conversations = [template.render(p.question) for p in batch]
+        results = backend.generate(conversations, sampling)
+        traces = []
+        for problem, messages, completions in zip(batch, conversations, results, strict=True):
+            if len(completions) != sampling.n:
+                raise RuntimeError(
+                    f"backend returned {len(completions)} samples for {problem.id}, "
+                    f"expected {sampling.n}"
+                )
+            traces.extend(
+                make_trace(problem, i, c, messages, teacher, template, record)
+                for i, c in enumerate(completions)
+            )
+        yield traces
+
+
+def recover_traces(path: Path, n: int) -> dict[str, list[dict[str, Any]]]:
+    """Complete problems already in `path`, repairing the file after a crash.
+
+    A kill can leave a partial last line or a problem with fewer than n samples; both are cut
+    away (the file is rewritten atomically) so the rerun regenerates them exactly once.
+    """
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    # The last element is b"" when the file ends in a newline, else a partial line.
+    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    damaged = lines[-1] != b""
+    for line in lines[:-1]:
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            damaged = True
+            continue
+        by_problem[data["problem_id"]].append(data)
+    complete = {
+        pid: sorted(rows, key=lambda r: r["sample_index"])
+        for pid, rows in by_problem.items()
+        if sorted(r["sample_index"] for r in rows) == list(range(n))
+    }
+    if damaged or len(complete) != len(by_problem):
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for rows in complete.values():
+                fh.writelines(dump_line(r) for r in rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return complete
+
+
+def check_resumable(
+    existing: dict[str, list[dict[str, Any]]], teacher: str, template: PromptTemplate,
+    sampling: Sampling, path: Path,
+) -> None:
+    """Refuse to mix traces made with another teacher, prompt or sampling into one file."""
+    expected = {
+        "teacher": teacher,
+        "prompt_hash": template.hash,
+        "sampling": sampling.model_dump(mode="json"),
+    }
+    for rows in existing.values():
+        for key, value in expected.items():
+            if rows[0].get(key) != value:
+                raise InputError(
+                    f"existing traces were made with a different {key} "
+                    f"({rows[0].get(key)!r} != {value!r}); use another --out",
+                    file=path,
+                    field=key,
+                )
+        return
+
+
+def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Problem]:
+    if config.limit is not None:
+        problems = problems[: config.limit]
+    if config.shard is not None:
+        index, count = parse_shard(config.shard)
+        problems = [p for p in problems if in_shard(p.id, index, count)]
+    return problems
+
+
+def problem_fields(config: GenerateConfig) -> ProblemFields:
+    return ProblemFields(
+        question=tuple(config.question_field),
+        answer=tuple(config.answer_field),
+        id=config.id_field,
+        answer_format=config.answer_format,
+    )
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
+
+
+def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict[str, Any]:
+    """Generate (or finish generating) `traces.jsonl` in `config.out`; returns the manifest."""
+    from cotdistill.models import resolve_model
+
+    started = time.time()
+    if config.problems is None or config.out is None:
+        raise InputError("generate needs --problems and --out")
+    # Everything that can be wrong with the input is checked before a model is loaded.
+    problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
+    template = load_template(config.prompt_template)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TRACES
+    manifest_path = out / "manifest.json"
+
+    if backend is None:
+        if config.backend == "openai":
+            model, teacher = config.teacher, config.teacher
+        else:
+            model, teacher = resolve_model(config.teacher)
+        backend = make_backend(config.backend, model, config)
+        teacher = teacher or backend.model  # type: ignore[attr-defined]
+    else:
+        teacher = config.teacher or backend.name
+    sampling = sampling_record(config, config.seed)
+
+    existing = recover_traces(path, config.n)
+    check_resumable(existing, teacher, template, sampling, path)
+    todo = [p for p in problems if p.id not in existing]
+    if manifest_path.exists() and todo:
+        manifest_path.unlink()  # the set is incomplete again until this run finishes
+
+    new_tokens = 0
+    gen_seconds = 0.0
+    bar = _progress(len(todo) * config.n, f"generate {teacher}")
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            tick = time.time()
+            for traces in sample_traces(
+                todo, template, backend, config, teacher, config.batch_size, config.seed
+            ):
+                append_durably(fh, (dump_line(t) for t in traces))
+                gen_seconds += time.time() - tick
+                new_tokens += sum(t.num_tokens for t in traces)
+                bar.update(len(traces))
+                bar.set_postfix(tok_s=f"{new_tokens / max(gen_seconds, 1e-9):.1f}")
+                tick = time.time()
+    finally:
+        bar.close()
+        backend.close()
+
+    counts = _count_file(path)
+    tokens_per_s = new_tokens / gen_seconds if gen_seconds > 0 else None
+    manifest = write_manifest(
+        out,
+        stage="generate",
+        config=config,
+        inputs={str(config.problems): sha256_file(Path(config.problems))},
+        counts={**counts, "new_samples": len(todo) * config.n, "new_output_tokens": new_tokens},
+        started=started,
+        extra={
+            "teacher": teacher,
+            "prompt_template": {"name": template.name, "hash": template.hash},
+            "output_tokens_per_s": tokens_per_s,
+            "generation_time_s": round(gen_seconds, 3),
+        },
+    )
+    rate = f"{tokens_per_s:.1f} output tok/s" if tokens_per_s else "nothing new"
+    print(
+        f"generate: {counts['problems']} problems, {counts['samples']} samples "
+        f"({len(todo) * config.n} new, {rate}) in {time.time() - started:.0f} s -> {path}"
+    )
+    return manifest
+
+
+def _count_file(path: Path) -> dict[str, Any]:
+    problems: set[str] = set()
+    samples = 0
+    tokens = 0
+    finish: Counter[str] = Counter()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            data = json.loads(line)
+            problems.add(data["problem_id"])
+            samples += 1
+            tokens += data["num_tokens"]
+            finish[data["finish_reason"] or "unknown"] += 1
+    return {
+        "problems": len(problems),
+        "samples": samples,
+        "output_tokens": tokens,
+        "finish_reasons": dict(finish),
+        "mean_tokens": round(tokens / samples, 2) if samples else None,
+    }

