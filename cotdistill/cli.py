@@ -1,35 +1,69 @@
 """The `cotdistill` command: one subcommand per stage, flags generated from the stage configs.
 
     cotdistill generate --problems data/train.jsonl --out runs/gen [--config cfg.yaml]
+    cotdistill filter --traces runs/gen/traces.jsonl --out runs/filter
+    cotdistill train --data runs/filter/sft.jsonl --student MODEL --out runs/student
+    cotdistill student init --teacher MODEL --out DIR --keep-every 2
+    cotdistill evaluate --problems data/test.jsonl --model teacher=A --model student=B --out DIR
+    cotdistill run --config configs/demo.yaml
 
-Flags override keys of the `--config` YAML (its stage section if it has one, else its top
-level). Bad input ends with one line naming the file, line and field, and exit status 2.
+Each stage module exposes a pydantic config and a `run_*` function; flags override keys of the
+`--config` YAML (its stage section if it has one, else its top level). Stage modules keep their
+heavy imports inside functions, so `cotdistill --help` stays instant. Bad input ends with one
+line naming the file, line and field, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from cotdistill.config import GenerateConfig, add_model_flags, load_config
+from cotdistill.config import add_model_flags, load_config
 from cotdistill.errors import InputError
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from cotdistill.generate import run_generate
+@dataclass(frozen=True)
+class Command:
+    module: str
+    config: str
+    run: str
+    section: str
+    help: str
 
-    run_generate(_stage_config(GenerateConfig, args, "generate"))
+    def load(self) -> tuple[type, Any]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.config), getattr(module, self.run)
 
 
-def _stage_config(model: type, args: argparse.Namespace, section: str) -> Any:
-    overrides = {name: getattr(args, name, None) for name in model.model_fields}
-    return load_config(model, args.config, section=section, overrides=overrides)
-
-
-COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], None], str]] = {
-    "generate": (GenerateConfig, _generate, "Sample teacher chain-of-thought traces."),
+COMMANDS: dict[str, Command] = {
+    "generate": Command(
+        "cotdistill.generate", "GenerateConfig", "run_generate", "generate",
+        "Sample teacher chain-of-thought traces with vLLM.",
+    ),
+    "filter": Command(
+        "cotdistill.filter", "FilterConfig", "run_filter", "filter",
+        "Keep the traces worth learning from, and say why the others were set aside.",
+    ),
+    "train": Command(
+        "cotdistill.train", "TrainConfig", "run_train", "train",
+        "Train the student on kept traces (TRL SFT, optional LoRA and logit distillation).",
+    ),
+    "student init": Command(
+        "cotdistill.student", "StudentInitConfig", "run_student_init", "student",
+        "Build a shallower student from a teacher's embeddings, chosen layers and head.",
+    ),
+    "evaluate": Command(
+        "cotdistill.evaluate", "EvaluateConfig", "run_evaluate", "evaluate",
+        "Score teacher and students on the same problems; report retention.",
+    ),
+    "run": Command(
+        "cotdistill.pipeline", "PipelineConfig", "run_pipeline", "",
+        "Generate, filter, train and evaluate from one YAML config.",
+    ),
 }
 
 
@@ -40,20 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
         "distilled student.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (model, handler, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--config", help="YAML file; flags override its keys.")
-        add_model_flags(command, model)
-        command.set_defaults(handler=handler)
+    groups: dict[str, Any] = {}
+    for name, command in COMMANDS.items():
+        try:
+            config_model = command.load()[0]
+        except (ImportError, AttributeError):
+            continue  # stage not available in this build
+        if " " in name:
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=command.help).add_subparsers(
+                    dest="subcommand", required=True
+                )
+            parser_for = groups[group].add_parser(leaf, help=command.help, description=command.help)
+        else:
+            parser_for = sub.add_parser(name, help=command.help, description=command.help)
+        parser_for.add_argument("--config", help="YAML file; flags override its keys.")
+        add_model_flags(parser_for, config_model, skip={"config"})
+        parser_for.set_defaults(command_name=name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # vLLM logs every engine detail at INFO; keep the progress bar readable unless asked.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
+    command = COMMANDS[args.command_name]
+    config_model, run = command.load()
+    overrides = {name: getattr(args, name, None) for name in config_model.model_fields}
     try:
-        args.handler(args)
+        config = load_config(
+            config_model, args.config, section=command.section or None, overrides=overrides
+        )
+        run(config)
     except InputError as exc:
-        print(f"cotdistill {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cotdistill {args.command_name}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

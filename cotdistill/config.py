@@ -130,7 +130,10 @@ def add_model_flags(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif is_list:
-            parser.add_argument(flag, dest=name, nargs="+", type=kind, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, nargs="+", action="extend", type=kind, default=None,
+                help=help_text,
+            )
         else:
             choices = None
             if typing.get_origin(field.annotation) is Literal:

@@ -11,8 +11,8 @@ directory (`$COTDISTILL_CACHE`, default `~/.cache/cotdistill`) and reused after 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,12 +62,16 @@ def embedded_teacher_path() -> Path:
         staging = Path(tmp) / "model"
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        # The saved config still names the GGUF quantization, which vLLM rejects.
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text())
+        config.pop("quantization_config", None)
+        config_path.write_text(json.dumps(config, indent=2))
         try:
             staging.rename(target)
         except OSError:
             if not (target / "config.json").exists():  # lost a race to another process: fine
                 raise
-    shutil.rmtree(target.parent / "tmp", ignore_errors=True)
     return target
 
 
