@@ -36,7 +36,7 @@ class SamplingConfig(StrictModel):
     n: int = Field(1, gt=0, description="Samples per problem.")
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
     logprobs: int = Field(
-        1, ge=0, description="Top logprobs per token to request; the sampled token's is always kept."
+        1, ge=0, description="Top logprobs per token to request; the sampled token's is kept."
     )
 
 
@@ -151,7 +151,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise InputError(f"cannot read config: {exc}", file=path) from exc
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise InputError(f"invalid YAML: {exc}", file=path, line=None if line is None else line + 1)
+        lineno = None if line is None else line + 1
+        raise InputError(f"invalid YAML: {exc}", file=path, line=lineno) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

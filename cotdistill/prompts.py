@@ -30,7 +30,8 @@ class PromptTemplate:
     def render(self, question: str) -> list[Message]:
         messages = []
         if self.system:
-            messages.append(Message(role="system", content=self.system.replace("{question}", question)))
+            system = self.system.replace("{question}", question)
+            messages.append(Message(role="system", content=system))
         messages.append(Message(role="user", content=self.user.replace("{question}", question)))
         return messages
 

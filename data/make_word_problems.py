@@ -33,7 +33,8 @@ def make(seed: int, count: int, exclude: set[str]) -> list[dict[str, str]]:
         if question in seen:
             continue
         seen.add(question)
-        rows.append({"id": f"wp-{seed}-{len(rows):04d}", "question": question, "answer": str(a + b)})
+        row_id = f"wp-{seed}-{len(rows):04d}"
+        rows.append({"id": row_id, "question": question, "answer": str(a + b)})
     return rows
 
 
