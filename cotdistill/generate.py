@@ -115,11 +115,25 @@ def sample_traces(
         yield traces
 
 
-def recover_traces(path: Path, n: int) -> dict[str, list[dict[str, Any]]]:
+def resume_key(teacher: str, template: PromptTemplate, sampling: Sampling) -> dict[str, Any]:
+    """What every trace in one traces.jsonl must share for a rerun to add to it."""
+    return {
+        "teacher": teacher,
+        "prompt_hash": template.hash,
+        "sampling": sampling.model_dump(mode="json"),
+    }
+
+
+def recover_traces(
+    path: Path, n: int, expected: dict[str, Any] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Complete problems already in `path`, repairing the file after a crash.
 
     A kill can leave a partial last line or a problem with fewer than n samples; both are cut
     away (the file is rewritten atomically) so the rerun regenerates them exactly once.
+    With `expected` (see `resume_key`), every whole line is checked first and a mismatch is
+    refused before the file is touched: a rerun with, say, another n must not cut away
+    traces that were complete under the old settings.
     """
     if not path.exists():
         return {}
@@ -128,7 +142,7 @@ def recover_traces(path: Path, n: int) -> dict[str, list[dict[str, Any]]]:
     # The last element is b"" when the file ends in a newline, else a partial line.
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     damaged = lines[-1] != b""
-    for line in lines[:-1]:
+    for lineno, line in enumerate(lines[:-1], start=1):
         if not line.strip():
             continue
         try:
@@ -136,6 +150,10 @@ def recover_traces(path: Path, n: int) -> dict[str, list[dict[str, Any]]]:
         except json.JSONDecodeError:
             damaged = True
             continue
+        if not isinstance(data, dict) or "problem_id" not in data:
+            raise InputError("not a trace line", file=path, line=lineno, field="problem_id")
+        if expected is not None:
+            _check_resumable_row(data, expected, path, lineno)
         by_problem[data["problem_id"]].append(data)
     complete = {
         pid: sorted(rows, key=lambda r: r["sample_index"])
@@ -153,26 +171,29 @@ def recover_traces(path: Path, n: int) -> dict[str, list[dict[str, Any]]]:
     return complete
 
 
+def _check_resumable_row(
+    row: dict[str, Any], expected: dict[str, Any], path: Path, line: int | None
+) -> None:
+    for key, value in expected.items():
+        if row.get(key) != value:
+            raise InputError(
+                f"existing traces were made with a different {key} "
+                f"({row.get(key)!r} != {value!r}); use another --out",
+                file=path,
+                line=line,
+                field=key,
+            )
+
+
 def check_resumable(
     existing: dict[str, list[dict[str, Any]]], teacher: str, template: PromptTemplate,
     sampling: Sampling, path: Path,
 ) -> None:
     """Refuse to mix traces made with another teacher, prompt or sampling into one file."""
-    expected = {
-        "teacher": teacher,
-        "prompt_hash": template.hash,
-        "sampling": sampling.model_dump(mode="json"),
-    }
+    expected = resume_key(teacher, template, sampling)
     for rows in existing.values():
-        for key, value in expected.items():
-            if rows[0].get(key) != value:
-                raise InputError(
-                    f"existing traces were made with a different {key} "
-                    f"({rows[0].get(key)!r} != {value!r}); use another --out",
-                    file=path,
-                    field=key,
-                )
-        return
+        for row in rows:
+            _check_resumable_row(row, expected, path, None)
 
 
 def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Problem]:
@@ -200,13 +221,20 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict[str, Any]:
-    """Generate (or finish generating) `traces.jsonl` in `config.out`; returns the manifest."""
+    """Generate (or finish generating) `traces.jsonl` in `config.out`; returns the manifest.
+
+    Without `backend`, the configured one is built (after all input checks) and closed at the
+    end; a backend passed in is used as it is and left open for the caller.
+    """
     from cotdistill.models import resolve_model
 
     started = time.time()
     if config.problems is None or config.out is None:
         raise InputError("generate needs --problems and --out")
     # Everything that can be wrong with the input is checked before a model is loaded.
+    if config.temperature == 0 and config.n > 1:
+        # n identical greedy samples are never wanted, and vLLM refuses the request.
+        raise InputError("n > 1 needs temperature > 0 (greedy samples are identical)", field="n")
     problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
     template = load_template(config.prompt_template)
     out = Path(config.out)
@@ -214,22 +242,31 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
     path = out / TRACES
     manifest_path = out / "manifest.json"
 
-    if backend is None:
-        if config.backend == "openai":
-            model, teacher = config.teacher, config.teacher
-        else:
-            model, teacher = resolve_model(config.teacher)
-        backend = make_backend(config.backend, model, config)
-        teacher = teacher or backend.model  # type: ignore[attr-defined]
-    else:
+    model: str | None = None
+    # A backend passed in belongs to the caller (who may reuse it); one made here is closed here.
+    owned = backend is None
+    if backend is not None:
         teacher = config.teacher or backend.name
+    elif config.backend == "openai":
+        # A remote server: nothing is loaded here, and it names the model if we did not.
+        backend = make_backend("openai", config.teacher, config)  # type: ignore[arg-type]
+        teacher = config.teacher or backend.model  # type: ignore[attr-defined]
+    else:
+        model, teacher = resolve_model(config.teacher)
     sampling = sampling_record(config, config.seed)
 
-    existing = recover_traces(path, config.n)
-    check_resumable(existing, teacher, template, sampling, path)
+    try:
+        existing = recover_traces(path, config.n, resume_key(teacher, template, sampling))
+    except InputError:
+        if owned and backend is not None:
+            backend.close()
+        raise
     todo = [p for p in problems if p.id not in existing]
     if manifest_path.exists() and todo:
         manifest_path.unlink()  # the set is incomplete again until this run finishes
+    if backend is None and todo:
+        # The engine starts only once the input and the resume state are known to be good.
+        backend = make_backend(config.backend, model, config)  # type: ignore[arg-type]
 
     new_tokens = 0
     gen_seconds = 0.0
@@ -248,7 +285,8 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
                 tick = time.time()
     finally:
         bar.close()
-        backend.close()
+        if owned and backend is not None:
+            backend.close()
 
     counts = _count_file(path)
     tokens_per_s = new_tokens / gen_seconds if gen_seconds > 0 else None

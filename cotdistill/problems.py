@@ -110,13 +110,25 @@ def _rows(path: Path) -> Iterator[_Row]:
         )
 
 
+def _checked_rows(path: Path) -> Iterator[_Row]:
+    """`_rows`, with unreadable files (permissions, not UTF-8) reported as InputError."""
+    try:
+        yield from _rows(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", file=path) from exc
+
+
 def _dataset_rows(path: Path) -> Iterator[_Row]:
     from datasets import DatasetDict, load_from_disk
 
     try:
         dataset = load_from_disk(str(path))
     except Exception as exc:  # datasets raises FileNotFoundError or its own errors
-        raise InputError(f"not a datasets folder saved with save_to_disk: {exc}", file=path)
+        raise InputError(
+            f"not a datasets folder saved with save_to_disk: {exc}", file=path
+        ) from exc
     if isinstance(dataset, DatasetDict):
         raise InputError(
             f"folder holds several splits {list(dataset)}; pass one split's folder", file=path
@@ -139,7 +151,7 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
         raise InputError("file not found", file=path)
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for row in _rows(path):
+    for row in _checked_rows(path):
         name, question = _first_field(row.data, fields.question)
         if name is None:
             raise InputError(
@@ -148,24 +160,27 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
                 line=row.line,
                 field=fields.question[0],
             )
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise InputError(
+                f"question must be text, got {type(question).__name__}",
+                file=path, line=row.line, field=name,
+            )
+        if not question.strip():
             raise InputError("question is empty", file=path, line=row.line, field=name)
         answer_name, answer = _first_field(row.data, fields.answer)
         gold = None
         if answer_name is not None and str(answer).strip():
             gold = extract_gold(str(answer), fields.answer_format)
         raw_id = row.data.get(fields.id)
-        if raw_id is not None and str(raw_id).strip():
-            problem_id = str(raw_id).strip()
-        else:
-            problem_id = question_id(question)
+        has_id = raw_id is not None and bool(str(raw_id).strip())
+        problem_id = str(raw_id).strip() if has_id else question_id(question)
         if problem_id in seen:
-            what = "id" if raw_id is not None else "question (same text, so same id)"
+            what = "id" if has_id else "question (same text, so same id)"
             raise InputError(
                 f"duplicate {what} '{problem_id}', first seen on line {seen[problem_id]}",
                 file=path,
                 line=row.line,
-                field=fields.id if raw_id is not None else name,
+                field=fields.id if has_id else name,
             )
         seen[problem_id] = row.line
         problems.append(

@@ -19,6 +19,7 @@ from typing import Any
 
 from cotdistill.backends import Completion
 from cotdistill.config import EngineConfig, SamplingConfig
+from cotdistill.errors import InputError
 from cotdistill.records import Message
 
 
@@ -27,7 +28,10 @@ class OpenAIBackend:
 
     def __init__(self, model: str | None, engine: EngineConfig) -> None:
         if not engine.base_url:
-            raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+            raise InputError(
+                "the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)",
+                field="base_url",
+            )
         self.engine = engine
         self.base_url = engine.base_url
         self.api_key = os.environ.get(engine.api_key_env) or "EMPTY"
@@ -74,7 +78,11 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
     async def _one(
-        self, client: Any, gate: asyncio.Semaphore, messages: list[Message], sampling: SamplingConfig
+        self,
+        client: Any,
+        gate: asyncio.Semaphore,
+        messages: list[Message],
+        sampling: SamplingConfig,
     ) -> list[Completion]:
         async with gate:
             response = await self._with_retries(

@@ -100,8 +100,12 @@ class VLLMBackend:
 
         engine = getattr(self, "llm", None)
         if engine is not None:
-            shutdown = getattr(getattr(engine, "llm_engine", None), "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+            # vLLM 0.32 has no LLM.shutdown(); the engine core client owns the worker processes.
+            llm_engine = getattr(engine, "llm_engine", None)
+            for owner in (llm_engine, getattr(llm_engine, "engine_core", None)):
+                shutdown = getattr(owner, "shutdown", None)
+                if callable(shutdown):
+                    shutdown()
+                    break
             del self.llm
         gc.collect()

@@ -1,0 +1,718 @@
+"""Stage 4: score the teacher and its students on the same problems and report retention.
+
+Every model gets the same prompt template, sampling and answer checking (the filter's
+extraction, `answers.extract_answer`, and its math-verify pool, `verify.check_answers`).
+`evaluate_model` is the core (problems and a backend in, scored samples out, no files);
+`summarize_model` and `retention` turn samples into numbers; `run_evaluate` adds the edges:
+resolving models (a LoRA adapter is merged into its base first, never evaluated as the base),
+timing, memory, `results.jsonl`, `summary.json`, `report.md`, plots and the manifest.
+
+    cotdistill evaluate --problems data/test.jsonl --model teacher=embedded \
+        --model student=runs/student --out runs/eval --n 4 --temperature 0.7
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from math import exp, prod
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from cotdistill.answers import extract_answer
+from cotdistill.backends import Backend, make_backend
+from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.errors import InputError
+from cotdistill.metrics import (
+    bootstrap_mean,
+    bootstrap_ratio,
+    calibration_bins,
+    expected_calibration_error,
+    majority_correct,
+    pass_at_k,
+)
+from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
+from cotdistill.prompts import PromptTemplate, load_template
+from cotdistill.records import Problem, Record, sha256_file, write_jsonl, write_manifest
+from cotdistill.verify import answer_key
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+REPORT = "report.md"
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# Checks (gold, prediction) pairs; returns "correct" / "wrong" / "timeout" / "unverifiable".
+Verifier = Callable[[Sequence[tuple[str | None, str | None]]], list[str]]
+BackendFactory = Callable[[str], Backend]
+
+_generate = GenerateConfig.model_fields
+
+
+class EvaluateConfig(SamplingConfig, EngineConfig):
+    problems: Path | None = Field(None, description="Problems with gold answers to score on.")
+    model: list[str] = Field(
+        default_factory=list,
+        description="NAME=MODEL, repeatable (teacher=..., student=..., base=...). MODEL is a "
+        "folder, a hub id, `embedded`, or a LoRA adapter folder (merged into its base first).",
+    )
+    out: Path | None = Field(None, description="Output directory.")
+    reference: str = Field(
+        "teacher", description="Model name that retention (student / reference accuracy) uses."
+    )
+    prompt_template: str = _generate["prompt_template"]
+    limit: int | None = _generate["limit"]
+    batch_size: int = _generate["batch_size"]
+    question_field: list[str] = _generate["question_field"]
+    answer_field: list[str] = _generate["answer_field"]
+    id_field: str = _generate["id_field"]
+    answer_format: AnswerFormat = _generate["answer_format"]
+    bootstrap_resamples: int = Field(
+        1000, gt=0, description="Bootstrap resamples over problems for the intervals."
+    )
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap, so intervals repeat.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    calibration_bins: int = Field(
+        10, gt=0, description="Equal-width confidence bins for the calibration error."
+    )
+    verify_timeout_s: float = Field(5.0, gt=0, description="math-verify seconds per answer.")
+
+
+class EvalSample(Record):
+    """One sample of one model on one problem, as written to `results.jsonl`."""
+
+    model: str
+    problem_id: str
+    sample_index: int
+    question: str
+    gold_answer: str | None
+    completion: str
+    predicted_answer: str | None
+    verdict: str
+    correct: bool
+    num_tokens: int
+    finish_reason: str | None
+    mean_logprob: float | None
+
+
+@dataclass
+class ModelRun:
+    """What running one model cost: timings and memory, beside its samples."""
+
+    samples: list[EvalSample]
+    generation_s: float
+    load_s: float = 0.0
+    peak_memory_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the core: records in, records out -------------------------------------------------------
+
+
+def default_verifier(timeout_s: float) -> Verifier:
+    def check(pairs: Sequence[tuple[str | None, str | None]]) -> list[str]:
+        from cotdistill.verify import check_answers
+
+        return list(check_answers(pairs, timeout_s=timeout_s))
+
+    return check
+
+
+def evaluate_model(
+    name: str,
+    problems: Sequence[Problem],
+    template: PromptTemplate,
+    backend: Backend,
+    sampling: SamplingConfig,
+    verify: Verifier,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[EvalSample], float]:
+    """Sample `sampling.n` answers per problem and check them; returns (samples, seconds spent
+    generating). Answers are checked after generation so verification never counts as latency.
+    """
+    rows: list[tuple[Problem, int, Any]] = []
+    seconds = 0.0
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start : start + batch_size]
+        tick = time.perf_counter()
+        results = backend.generate([template.render(p.question) for p in batch], sampling)
+        seconds += time.perf_counter() - tick
+        for problem, completions in zip(batch, results, strict=True):
+            if len(completions) != sampling.n:
+                raise RuntimeError(
+                    f"{name}: backend returned {len(completions)} samples for {problem.id}, "
+                    f"expected {sampling.n}"
+                )
+            rows.extend((problem, i, c) for i, c in enumerate(completions))
+        if progress is not None:
+            progress(len(batch) * sampling.n)
+    predictions = [extract_answer(c.text) for _, _, c in rows]
+    verdicts = verify(
+        [(p.gold_answer, pred) for (p, _, _), pred in zip(rows, predictions, strict=True)]
+    )
+    samples = []
+    for (problem, index, completion), predicted, verdict in zip(
+        rows, predictions, verdicts, strict=True
+    ):
+        logprobs = completion.token_logprobs
+        samples.append(
+            EvalSample(
+                model=name,
+                problem_id=problem.id,
+                sample_index=index,
+                question=problem.question,
+                gold_answer=problem.gold_answer,
+                completion=completion.text,
+                predicted_answer=predicted,
+                verdict=verdict,
+                correct=verdict == "correct",
+                num_tokens=completion.num_tokens,
+                finish_reason=completion.finish_reason,
+                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+            )
+        )
+    return samples, seconds
+
+
+def by_problem(samples: Iterable[EvalSample]) -> dict[str, list[EvalSample]]:
+    """Samples grouped per problem, problems in first-seen order, samples by index."""
+    groups: dict[str, list[EvalSample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.problem_id, []).append(sample)
+    return {pid: sorted(group, key=lambda s: s.sample_index) for pid, group in groups.items()}
+
+
+def problem_scores(samples: Iterable[EvalSample]) -> dict[str, float]:
+    """Per problem, the share of its samples that are correct (pass@1 estimate)."""
+    return {
+        pid: sum(s.correct for s in group) / len(group)
+        for pid, group in by_problem(samples).items()
+    }
+
+
+def sample_confidence(sample: EvalSample) -> float | None:
+    """exp(mean token logprob): the model's geometric-mean probability of its own answer."""
+    return None if sample.mean_logprob is None else exp(sample.mean_logprob)
+
+
+def summarize_model(
+    samples: Sequence[EvalSample],
+    *,
+    bins: int = 10,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Accuracy (pass@1 over the k samples), maj@k and pass@k, lengths, truncation, ECE."""
+    groups = by_problem(samples)
+    scores = [sum(s.correct for s in g) / len(g) for g in groups.values()]
+    accuracy = bootstrap_mean(scores, resamples, seed, level)
+    sizes = {len(g) for g in groups.values()}
+    k = min(sizes) if sizes else 0
+    summary: dict[str, Any] = {
+        "problems": len(groups),
+        "samples": len(samples),
+        "samples_per_problem": k,
+        "accuracy": accuracy.value,
+        "accuracy_ci": [accuracy.low, accuracy.high],
+    }
+    if k > 1:
+        summary[f"maj@{k}"] = sum(
+            majority_correct(
+                [s.predicted_answer for s in g], [s.correct for s in g], answer_key
+            )
+            for g in groups.values()
+        ) / len(groups)
+        summary[f"pass@{k}"] = sum(
+            pass_at_k(len(g), sum(s.correct for s in g), k) for g in groups.values()
+        ) / len(groups)
+    rated = [(sample_confidence(s), s.correct) for s in samples if s.mean_logprob is not None]
+    confidences = [c for c, _ in rated]
+    outcomes = [ok for _, ok in rated]
+    summary.update(
+        {
+            "mean_reasoning_tokens": (
+                sum(s.num_tokens for s in samples) / len(samples) if samples else None
+            ),
+            "truncated_share": (
+                sum(s.finish_reason == "length" for s in samples) / len(samples)
+                if samples else None
+            ),
+            "verdicts": dict(Counter(s.verdict for s in samples)),
+            "ece": expected_calibration_error(confidences, outcomes, bins),
+            # Samples without token logprobs cannot be placed on the reliability diagram.
+            "calibration_samples": len(rated),
+            "calibration_bins": [
+                vars(b) for b in calibration_bins(confidences, outcomes, bins)
+            ],
+        }
+    )
+    return summary
+
+
+def retention(
+    per_model: dict[str, Sequence[EvalSample]],
+    reference: str,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Accuracy of each other model over the reference's, with a paired bootstrap interval."""
+    if reference not in per_model:
+        return {}
+    ref_scores = problem_scores(per_model[reference])
+    table: dict[str, Any] = {}
+    for name, samples in per_model.items():
+        if name == reference:
+            continue
+        scores = problem_scores(samples)
+        if scores.keys() != ref_scores.keys():
+            raise ValueError(f"{name} and {reference} were scored on different problems")
+        ids = list(ref_scores)
+        interval = bootstrap_ratio(
+            [scores[i] for i in ids], [ref_scores[i] for i in ids], resamples, seed, level
+        )
+        table[name] = {"reference": reference, **interval.as_dict()}
+    return table
+
+
+# --- models: names, adapters, size and memory --------------------------------------------------
+
+
+def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
+    """["teacher=A", "student=B"] -> {"teacher": "A", "student": "B"} (order kept)."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, model = spec.partition("=")
+        name, model = name.strip(), model.strip()
+        if not sep or not name or not model:
+            raise InputError(f"expected NAME=MODEL, got {spec!r}", field="model")
+        if not _NAME.match(name):
+            raise InputError(f"model name {name!r} may use letters, digits, _ . -", field="model")
+        if name in models:
+            raise InputError(f"model name {name!r} given twice", field="model")
+        models[name] = model
+    if not models:
+        raise InputError("evaluate needs at least one --model NAME=MODEL", field="model")
+    return models
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model a peft adapter folder was trained on, checked before loading anything."""
+    config_file = adapter / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable adapter config: {exc}", file=config_file) from exc
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        raise InputError(
+            "adapter names no base model", file=config_file, field="base_model_name_or_path"
+        )
+    return str(base)
+
+
+def adapter_hash(adapter: Path) -> str:
+    """Hash of the adapter's own files (sub-folders such as checkpoints are not part of it)."""
+    from cotdistill.records import sha256_text
+
+    parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(adapter.iterdir()) if p.is_file()]
+    return sha256_text("\n".join(parts))
+
+
+def merge_adapter(adapter: Path, trust_remote_code: bool = False) -> Path:
+    """Merge a LoRA adapter into its base once; later calls reuse the cached folder.
+
+    The cache is keyed by the adapter's hash, so a retrained adapter never reuses stale
+    weights. vLLM then serves the merged folder like any model.
+    """
+    from cotdistill.models import cache_dir, resolve_model
+
+    target = cache_dir() / "merged" / adapter_hash(adapter)[:16]
+    if (target / "config.json").exists():
+        return target
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path, _ = resolve_model(adapter_base(adapter))
+    # Merged in the base's own dtype, so the served model has the base's size and numerics.
+    base = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype="auto", trust_remote_code=trust_remote_code
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").exists() else base_path
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_source, trust_remote_code=trust_remote_code
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = Path(tmp) / "model"
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "merged_from.json").write_text(
+            json.dumps({"adapter": str(adapter.resolve()), "base": base_path}, indent=2) + "\n"
+        )
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    return target
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    spec: str
+    path: str  # what resolve_model gave: a folder or a hub id
+    adapter: Path | None  # set when `path` is a LoRA adapter folder
+
+
+def locate_models(models: dict[str, str]) -> list[ModelSource]:
+    """Resolve every model and check adapters before any model is loaded."""
+    from cotdistill.models import resolve_model
+
+    sources = []
+    for name, spec in models.items():
+        path, _ = resolve_model(spec)
+        folder = Path(path)
+        adapter = folder if (folder / "adapter_config.json").exists() else None
+        if adapter is not None:
+            base, _ = resolve_model(adapter_base(adapter))
+            looks_local = base.startswith(("/", ".", "~"))
+            if looks_local and not Path(base).exists():
+                raise InputError(
+                    f"adapter's base model {base} does not exist",
+                    file=adapter / "adapter_config.json",
+                    field="base_model_name_or_path",
+                )
+        sources.append(ModelSource(name, spec, path, adapter))
+    return sources
+
+
+def parameter_count(model_dir: Path) -> int | None:
+    """Parameters in a folder's safetensors files, read from their headers (no weights loaded)."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with open(file, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        total += sum(
+            prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__"
+        )
+    return total
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (vLLM's engine runs in one),
+    sampled on a thread while a model is loaded and generating."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                continue  # a worker exited between listing and reading
+        self.peak_bytes = max(self.peak_bytes, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak_bytes / 2**20, 1)
+
+
+# --- the edges: files, progress, report --------------------------------------------------------
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
+
+
+def run_model(
+    source: ModelSource,
+    problems: Sequence[Problem],
+    template: PromptTemplate,
+    config: EvaluateConfig,
+    factory: BackendFactory,
+    verify: Verifier,
+) -> ModelRun:
+    """Load one model (merging its adapter first), generate, check, measure, release it."""
+    path = str(merge_adapter(source.adapter, config.trust_remote_code)) if source.adapter else (
+        source.path
+    )
+    bar = _progress(len(problems) * config.n, f"evaluate {source.name}")
+    with PeakMemory() as memory:
+        tick = time.perf_counter()
+        backend = factory(path)
+        load_s = time.perf_counter() - tick
+        try:
+            samples, seconds = evaluate_model(
+                source.name, problems, template, backend, config, verify, config.batch_size,
+                bar.update,
+            )
+        finally:
+            bar.close()
+            backend.close()
+    extra: dict[str, Any] = {"model": source.spec, "served_path": path}
+    if source.adapter is not None:
+        extra["adapter"] = {"path": str(source.adapter), "base": adapter_base(source.adapter),
+                            "merged_into": path}
+    return ModelRun(samples, seconds, load_s, memory.peak_mb, extra)
+
+
+def model_summary(run: ModelRun, config: EvaluateConfig) -> dict[str, Any]:
+    summary = summarize_model(
+        run.samples,
+        bins=config.calibration_bins,
+        resamples=config.bootstrap_resamples,
+        seed=config.bootstrap_seed,
+        level=config.confidence,
+    )
+    tokens = sum(s.num_tokens for s in run.samples)
+    problems = summary["problems"]
+    served = Path(run.extra.get("served_path", ""))
+    parameters = parameter_count(served) if run.extra.get("served_path") else None
+    summary.update(
+        {
+            **run.extra,
+            "parameters": parameters,
+            "output_tokens": tokens,
+            "output_tokens_per_s": tokens / run.generation_s if run.generation_s > 0 else None,
+            "seconds_per_problem": run.generation_s / problems if problems else None,
+            "generation_s": round(run.generation_s, 3),
+            "load_s": round(run.load_s, 3),
+            "peak_memory_mb": run.peak_memory_mb,
+        }
+    )
+    return summary
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _interval(value: Any, low: Any, high: Any) -> str:
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return _fmt(value)
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _params(count: int | None) -> str:
+    if count is None:
+        return "-"
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
+
+
+def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
+    """The teacher-vs-student table (markdown), then calibration and verdict counts."""
+    models = summary["models"]
+    table = summary["retention"]
+    level = f"{config.confidence:.0%}"
+    lines = [
+        "# Evaluation",
+        "",
+        f"{next(iter(models.values()))['problems']} problems from `{config.problems}`, "
+        f"prompt `{config.prompt_template}`, n={config.n}, temperature={config.temperature}, "
+        f"max_tokens={config.max_tokens}. Intervals: {level} bootstrap over problems "
+        f"({config.bootstrap_resamples} resamples, seed {config.bootstrap_seed}); retention "
+        f"= accuracy / {config.reference} accuracy, paired over problems.",
+        "",
+    ]
+    k = config.n
+    extra_cols = [f"maj@{k}", f"pass@{k}"] if k > 1 else []
+    header = ["model", "parameters", "accuracy", *extra_cols, f"retention vs {config.reference}",
+              "mean tokens", "truncated", "tok/s", "s/problem", "peak memory MB"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for name, m in models.items():
+        ret = table.get(name)
+        ret_text = "1 (reference)" if name == config.reference else (
+            _interval(ret["value"], ret["low"], ret["high"]) if ret else "-"
+        )
+        row = [
+            name,
+            _params(m["parameters"]),
+            _interval(m["accuracy"], *m["accuracy_ci"]),
+            *[_fmt(m.get(c)) for c in extra_cols],
+            ret_text,
+            _fmt(m["mean_reasoning_tokens"], 1),
+            _fmt(m["truncated_share"]),
+            _fmt(m["output_tokens_per_s"], 1),
+            _fmt(m["seconds_per_problem"], 3),
+            _fmt(m["peak_memory_mb"], 0),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        "Confidence = exp(mean token logprob) of a sample; ECE over "
+        f"{config.calibration_bins} equal-width bins.",
+        "",
+        "| model | ECE | samples with logprobs | verdicts |",
+        "|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        verdicts = ", ".join(f"{k}: {v}" for k, v in sorted(m["verdicts"].items()))
+        lines.append(
+            f"| {name} | {_fmt(m['ece'])} | {m['calibration_samples']} / {m['samples']} | "
+            f"{verdicts} |"
+        )
+    for name, m in models.items():
+        if m.get("adapter"):
+            lines.append(
+                f"\n`{name}` is a LoRA adapter; it was merged into `{m['adapter']['base']}` and "
+                f"served from `{m['adapter']['merged_into']}`."
+            )
+    plots = summary.get("plots") or []
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def check_problems(problems: Sequence[Problem]) -> None:
+    """Every evaluation problem needs a gold answer; say which one lacks it."""
+    for problem in problems:
+        if problem.gold_answer is None:
+            file, _, line = problem.source.rpartition(":")
+            raise InputError(
+                "evaluation problem has no gold answer",
+                file=file or None,
+                line=int(line) if line.isdigit() else None,
+                field="answer",
+            )
+
+
+def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
+    fields = ProblemFields(
+        question=tuple(config.question_field),
+        answer=tuple(config.answer_field),
+        id=config.id_field,
+        answer_format=config.answer_format,
+    )
+    problems = load_problems(Path(config.problems), fields)  # type: ignore[arg-type]
+    if config.limit is not None:
+        problems = problems[: config.limit]
+    check_problems(problems)
+    return problems
+
+
+def model_inputs(sources: Sequence[ModelSource]) -> dict[str, str]:
+    """Hashes of local model folders (hub ids have none), for the manifest and for reuse."""
+    inputs = {}
+    for source in sources:
+        folder = Path(source.adapter or source.path)
+        if folder.exists():
+            inputs[str(folder)] = (
+                adapter_hash(folder) if source.adapter else sha256_file(folder)
+            )
+    return inputs
+
+
+def run_evaluate(
+    config: EvaluateConfig,
+    backend_factory: BackendFactory | None = None,
+    verify: Verifier | None = None,
+) -> dict[str, Any]:
+    """Evaluate every `--model` on the problems; returns the manifest."""
+    started = time.time()
+    if config.problems is None or config.out is None:
+        raise InputError("evaluate needs --problems and --out")
+    # All input checks come before the first model is loaded.
+    models = parse_model_specs(config.model)
+    problems = load_eval_problems(config)
+    template = load_template(config.prompt_template)
+    if config.backend == "openai":
+        sources = [ModelSource(n, s, s, None) for n, s in models.items()]
+    else:
+        sources = locate_models(models)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    factory = backend_factory or (lambda path: make_backend(config.backend, path, config))
+    verify = verify or default_verifier(config.verify_timeout_s)
+
+    runs: dict[str, ModelRun] = {}
+    for source in sources:
+        runs[source.name] = run_model(source, problems, template, config, factory, verify)
+        acc = sum(s.correct for s in runs[source.name].samples) / len(
+            runs[source.name].samples
+        )
+        print(f"evaluate: {source.name} accuracy {acc:.3f}")
+
+    write_jsonl(out / RESULTS, (s for run in runs.values() for s in run.samples))
+    summary: dict[str, Any] = {
+        "models": {name: model_summary(run, config) for name, run in runs.items()},
+        "retention": retention(
+            {name: run.samples for name, run in runs.items()},
+            config.reference,
+            resamples=config.bootstrap_resamples,
+            seed=config.bootstrap_seed,
+            level=config.confidence,
+        ),
+    }
+    from cotdistill.plots import write_plots
+
+    lengths = {name: [s.num_tokens for s in run.samples] for name, run in runs.items()}
+    summary["plots"] = [str(p) for p in write_plots(summary, lengths, out)]
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    report = render_report(summary, config)
+    (out / REPORT).write_text(report)
+    manifest = write_manifest(
+        out,
+        stage="evaluate",
+        config=config,
+        inputs={str(config.problems): sha256_file(Path(config.problems)),
+                **model_inputs(sources)},
+        counts={"problems": len(problems), "models": len(runs),
+                "samples": sum(len(r.samples) for r in runs.values())},
+        started=started,
+    )
+    print(report)
+    print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
+    return manifest
+

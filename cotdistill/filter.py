@@ -1,0 +1,832 @@
+"""Stage 2: decide, for every teacher trace, whether the student should learn from it, and why.
+
+Checks, in funnel order (each one configurable, each a reason code when it rejects):
+`invalid_record`, `contaminated`, `truncated`, `no_answer`, `too_short`, `too_long`,
+`repetition`, `no_label` / `unverifiable` / `verify_timeout` / `wrong`, `low_mean_logprob`,
+`low_token_logprob`, `low_agreement`, then among the traces that passed everything:
+`duplicate` and `over_limit` (at most K per problem in `selection_order`).
+
+The core works on records without files: `summarize` (one trace -> a small `Summary`),
+`decide` (all summaries -> reasons per trace) and `annotate` (trace + decision -> output row);
+`filter_traces` chains them in memory. `run_filter` streams: pass 1 keeps only summaries,
+pass 2 re-reads the files and writes every trace to exactly one of kept / rejected, so memory
+does not grow with the size of the traces.
+
+    cotdistill filter --traces runs/gen/traces.jsonl --out runs/filter --max-per-problem 2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import os
+import re
+import sys
+import time
+import zlib
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from cotdistill.answers import extract_answer
+from cotdistill.config import StrictModel
+from cotdistill.errors import InputError
+from cotdistill.records import Trace, dump_line, parse_line, sha256_file, write_manifest
+from cotdistill.verify import Verdict, VerifyStats, answer_key, check_answers
+
+# Funnel order: a rejected trace is counted at the first of these it fails.
+CHECKS: tuple[str, ...] = (
+    "invalid_record",
+    "contaminated",
+    "truncated",
+    "no_answer",
+    "too_short",
+    "too_long",
+    "repetition",
+    "no_label",
+    "unverifiable",
+    "verify_timeout",
+    "wrong",
+    "low_mean_logprob",
+    "low_token_logprob",
+    "low_agreement",
+    "duplicate",
+    "over_limit",
+)
+_ORDER = {name: i for i, name in enumerate(CHECKS)}
+GOLD_KEY = "\x00gold"  # the answer key of every answer verified equal to the gold answer
+
+SelectionKey = Literal["mean_logprob", "min_logprob", "shortest", "longest", "input_order"]
+SKETCH_SIZE = 32  # hashes kept per trace for near-duplicate detection (bottom-k MinHash)
+
+
+class FilterConfig(StrictModel):
+    traces: list[Path] = Field(
+        default_factory=list, description="Traces files written by `cotdistill generate`."
+    )
+    out: Path | None = Field(None, description="Output directory.")
+    decontaminate: list[Path] = Field(
+        default_factory=list,
+        description="Evaluation problem files; training problems sharing a long word n-gram "
+        "with any of their questions are dropped.",
+    )
+    decontaminate_ngram: int = Field(
+        13,
+        ge=3,
+        description="Words in a shared n-gram that counts as contamination; an evaluation "
+        "question shorter than this must appear whole.",
+    )
+    fallback_last_number: bool = Field(
+        True, description="Take the last number as the answer when no explicit answer is found."
+    )
+    require_correct: bool = Field(
+        True, description="Keep only traces whose answer matches the label (gold or majority)."
+    )
+    use_majority_when_no_gold: bool = Field(
+        True,
+        description="For problems without gold, use the majority answer as the label when "
+        "at least 2 samples agree at min_agreement (and at least half of them).",
+    )
+    min_agreement: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Reject traces of problems with several samples whose agreement (share of "
+        "samples giving the majority answer) is below this.",
+    )
+    min_mean_logprob: float | None = Field(
+        None, le=0.0, description="Reject traces whose mean token logprob is below this."
+    )
+    min_token_logprob: float | None = Field(
+        None, le=0.0, description="Reject traces with any token logprob below this."
+    )
+    drop_truncated: bool = Field(True, description="Reject traces cut off by the token limit.")
+    require_answer: bool = Field(True, description="Reject traces with no extractable answer.")
+    max_repeat_ngram_share: float | None = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Reject traces whose share of repeated word n-grams exceeds this "
+        "(degenerate loops); null disables.",
+    )
+    repeat_ngram: int = Field(4, ge=1, description="n for the repeated n-gram share.")
+    min_tokens: int = Field(0, ge=0, description="Reject traces with fewer completion tokens.")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Reject traces with more completion tokens."
+    )
+    dedup: Literal["off", "exact", "near"] = Field(
+        "near",
+        description="Collapse identical (exact) or also near-identical (near) traces of the "
+        "same problem to one.",
+    )
+    dedup_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="near: word 3-gram Jaccard similarity that is a duplicate."
+    )
+    max_per_problem: int | None = Field(
+        None, gt=0, description="Keep at most this many traces per problem."
+    )
+    selection_order: list[SelectionKey] = Field(
+        default_factory=lambda: ["mean_logprob", "shortest"],
+        description="Which traces win dedup and max_per_problem: highest mean_logprob / "
+        "min_logprob, shortest / longest, input_order; ties go to input order.",
+    )
+    verify_timeout_s: float = Field(
+        5.0, gt=0.0, description="Seconds math-verify may spend on one answer."
+    )
+    verify_processes: int | None = Field(
+        None, gt=0, description="math-verify worker processes (default: CPU count)."
+    )
+    verify_fast_path: bool = Field(
+        True,
+        description="Decide plain-number answers exactly without math-verify (off: every "
+        "answer goes through math-verify).",
+    )
+    skip_invalid: bool = Field(
+        False, description="Put malformed lines in rejected.jsonl instead of stopping."
+    )
+    dry_run: bool = Field(False, description="Print the funnel without writing anything.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure checks
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def ngrams(words: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
+    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def repeat_share(text: str, n: int) -> float:
+    """Share of word n-grams that repeat an earlier one (0 for text shorter than n words)."""
+    grams = list(ngrams(text.split(), n))
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def text_sketch(text: str, size: int = SKETCH_SIZE) -> bytes:
+    """Bottom-k MinHash of the word 3-grams: a few hundred bytes, whatever the text length."""
+    words = text.lower().split()
+    # crc32, not hash(): str hashes change between processes, and runs must be reproducible.
+    grams = {zlib.crc32(" ".join(g).encode()) for g in ngrams(words, 3)}
+    grams = grams or {zlib.crc32(" ".join(words).encode())}
+    return array("q", sorted(heapq.nsmallest(size, grams))).tobytes()
+
+
+def similarity(a: bytes, b: bytes, size: int = SKETCH_SIZE) -> float:
+    """Estimated Jaccard similarity of two sketches (exact when both texts are short)."""
+    first, second = set(array("q", a)), set(array("q", b))
+    union = heapq.nsmallest(size, first | second)
+    if not union:
+        return 1.0
+    return sum(1 for h in union if h in first and h in second) / len(union)
+
+
+class Contamination:
+    """Word n-gram index of evaluation questions: `index(question)` is True on a leak."""
+
+    def __init__(self, questions: Iterable[str], n: int) -> None:
+        self.grams: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+        for question in questions:
+            words = words_of(question)
+            size = min(n, len(words))
+            if size:
+                self.grams[size].update(ngrams(words, size))
+
+    def __call__(self, question: str) -> bool:
+        words = words_of(question)
+        return any(
+            gram in grams for size, grams in self.grams.items() for gram in ngrams(words, size)
+        )
+
+
+@dataclass(slots=True)
+class Summary:
+    """What the decision needs to know about one trace (kept in memory between the passes)."""
+
+    problem_id: str | None
+    teacher: str = ""
+    gold: str | None = None
+    predicted: str | None = None
+    key: str | None = None
+    mean_logprob: float | None = None
+    min_logprob: float | None = None
+    num_tokens: int = 0
+    text_hash: int = 0
+    sketch: bytes = b""
+    early: tuple[str, ...] = ()
+    verdict: Verdict | None = None
+    label: Literal["gold", "majority"] | None = None
+    correct: bool | None = None
+    agreement: float | None = None
+    reasons: tuple[str, ...] = ()
+    error: str | None = field(default=None)
+
+
+def confidence(trace: Trace) -> tuple[float | None, float | None]:
+    """(mean, min) token logprob, from the stored fields or the token list."""
+    if trace.mean_logprob is not None and trace.min_logprob is not None:
+        return trace.mean_logprob, trace.min_logprob
+    if trace.token_logprobs:
+        values = trace.token_logprobs
+        return sum(values) / len(values), min(values)
+    return trace.mean_logprob, trace.min_logprob
+
+
+def summarize(
+    trace: Trace, config: FilterConfig, contaminated: Callable[[str], bool] | None = None
+) -> Summary:
+    """Extract the answer and run the checks that need only this trace."""
+    mean, low = confidence(trace)
+    predicted = extract_answer(trace.completion, config.fallback_last_number)
+    early: list[str] = []
+    if contaminated is not None and contaminated(trace.question):
+        early.append("contaminated")
+    if config.drop_truncated and trace.finish_reason == "length":
+        early.append("truncated")
+    if config.require_answer and predicted is None:
+        early.append("no_answer")
+    if trace.num_tokens < config.min_tokens:
+        early.append("too_short")
+    if config.max_tokens is not None and trace.num_tokens > config.max_tokens:
+        early.append("too_long")
+    if (
+        config.max_repeat_ngram_share is not None
+        and repeat_share(trace.completion, config.repeat_ngram) > config.max_repeat_ngram_share
+    ):
+        early.append("repetition")
+    normalized = " ".join(trace.completion.split())
+    key = None if predicted is None else answer_key(predicted)
+    if key == predicted:
+        key = predicted  # one string object, not two: summaries stay small
+    return Summary(
+        problem_id=sys.intern(trace.problem_id),
+        teacher=sys.intern(trace.teacher),
+        gold=trace.gold_answer,
+        predicted=predicted,
+        key=key,
+        mean_logprob=mean,
+        min_logprob=low,
+        num_tokens=trace.num_tokens,
+        text_hash=int.from_bytes(hashlib.blake2b(normalized.encode(), digest_size=8).digest()),
+        sketch=text_sketch(normalized) if config.dedup == "near" else b"",
+        early=tuple(early),
+    )
+
+
+def invalid_summary(error: str) -> Summary:
+    return Summary(problem_id=None, early=("invalid_record",), reasons=("invalid_record",),
+                   error=error)
+
+
+def check_logprobs_present(
+    summary: Summary, config: FilterConfig, file: Path | str | None = None,
+    line: int | None = None,
+) -> None:
+    """A confidence threshold on traces without logprobs is a configuration error, not a reject."""
+    for name, value, field_name in (
+        ("min_mean_logprob", summary.mean_logprob, "mean_logprob"),
+        ("min_token_logprob", summary.min_logprob, "min_logprob"),
+    ):
+        if getattr(config, name) is not None and value is None:
+            raise InputError(
+                f"{name} is set but this trace has no token logprobs (generate with "
+                "--logprobs, or drop the threshold)",
+                file=file, line=line, field=field_name,
+            )
+
+
+def _majority(keys: list[str | None]) -> tuple[str | None, float]:
+    """(majority answer key, agreement); ties go to the answer seen first."""
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None, 0.0
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    best = max(counts, key=lambda k: (counts[k], -first[k]))
+    return best, counts[best] / len(keys)
+
+
+def _sort_key(order: Sequence[SelectionKey]) -> Callable[[tuple[int, Summary]], tuple]:
+    def key(item: tuple[int, Summary]) -> tuple:
+        index, s = item
+        parts: list[float] = []
+        for name in order:
+            if name == "mean_logprob":
+                parts.append(-(s.mean_logprob if s.mean_logprob is not None else -math.inf))
+            elif name == "min_logprob":
+                parts.append(-(s.min_logprob if s.min_logprob is not None else -math.inf))
+            elif name == "shortest":
+                parts.append(s.num_tokens)
+            elif name == "longest":
+                parts.append(-s.num_tokens)
+            else:
+                parts.append(index)
+        return (*parts, index)
+
+    return key
+
+
+def decide(
+    summaries: list[Summary],
+    config: FilterConfig,
+    stats: VerifyStats | None = None,
+    on_verified: Callable[[int], None] | None = None,
+) -> None:
+    """Fill in labels, correctness, agreement and final reasons of every summary, in place."""
+    by_problem: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(summaries):
+        if s.problem_id is not None:
+            by_problem[s.problem_id].append(i)
+
+    # Correctness: against gold with math-verify, against a majority label by answer key.
+    gold_idx = [
+        i for i, s in enumerate(summaries)
+        if s.problem_id is not None and s.gold is not None and s.predicted is not None
+    ]
+    verdicts = check_answers(
+        [(summaries[i].gold, summaries[i].predicted) for i in gold_idx],
+        timeout_s=config.verify_timeout_s,
+        processes=config.verify_processes,
+        fast_path=config.verify_fast_path,
+        stats=stats,
+        on_result=on_verified,
+    )
+    for i, verdict in zip(gold_idx, verdicts, strict=True):
+        s = summaries[i]
+        s.verdict = verdict
+        s.correct = {"correct": True, "wrong": False}.get(verdict)
+
+    # Self-consistency, and majority labels for problems without gold.
+    majority_key: dict[str, str | None] = {}
+    for problem, members in by_problem.items():
+        # Answers math-verify found equal to the gold form one group, whatever their spelling.
+        keys = [GOLD_KEY if summaries[i].verdict == "correct" else summaries[i].key
+                for i in members]
+        best, agreement = _majority(keys)
+        several = len(members) >= 2
+        for i in members:
+            summaries[i].agreement = agreement if several else None
+        gold = summaries[members[0]].gold
+        if (
+            gold is None
+            and config.use_majority_when_no_gold
+            and several
+            and best is not None
+            and agreement >= max(config.min_agreement, 0.5)
+        ):
+            majority_key[problem] = best
+
+    for s in summaries:
+        if s.problem_id is None:
+            continue
+        if s.gold is not None:
+            s.label = "gold"
+        elif s.problem_id in majority_key:
+            s.label = "majority"
+            if s.key is not None:
+                s.correct = s.key == majority_key[s.problem_id]
+                s.verdict = "correct" if s.correct else "wrong"
+
+    # Per-trace reasons, then dedup and selection among the traces that passed everything.
+    for s in summaries:
+        if s.problem_id is None:
+            continue
+        reasons = list(s.early)
+        if config.require_correct:
+            if s.predicted is None:
+                if "no_answer" not in reasons:
+                    reasons.append("unverifiable")  # nothing to compare with the label
+            elif s.label is None:
+                reasons.append("no_label")
+            elif s.verdict == "timeout":
+                reasons.append("verify_timeout")
+            elif s.verdict == "unverifiable":
+                reasons.append("unverifiable")
+            elif s.correct is False:
+                reasons.append("wrong")
+        if config.min_mean_logprob is not None and (
+            s.mean_logprob is None or s.mean_logprob < config.min_mean_logprob
+        ):
+            reasons.append("low_mean_logprob")
+        if config.min_token_logprob is not None and (
+            s.min_logprob is None or s.min_logprob < config.min_token_logprob
+        ):
+            reasons.append("low_token_logprob")
+        if s.agreement is not None and s.agreement < config.min_agreement:
+            reasons.append("low_agreement")
+        s.reasons = tuple(sorted(set(reasons), key=_ORDER.__getitem__))
+
+    order = _sort_key(config.selection_order)
+    for members in by_problem.values():
+        survivors = sorted(((i, summaries[i]) for i in members if not summaries[i].reasons),
+                           key=order)
+        chosen: list[Summary] = []
+        for _, s in survivors:
+            if config.dedup != "off" and any(_same(s, c, config) for c in chosen):
+                s.reasons = ("duplicate",)
+            elif config.max_per_problem is not None and len(chosen) >= config.max_per_problem:
+                s.reasons = ("over_limit",)
+            else:
+                chosen.append(s)
+
+
+def _same(a: Summary, b: Summary, config: FilterConfig) -> bool:
+    if a.text_hash == b.text_hash:
+        return True
+    return config.dedup == "near" and similarity(a.sketch, b.sketch) >= config.dedup_threshold
+
+
+def _prob(logprob: float | None) -> float | None:
+    return None if logprob is None else math.exp(logprob)
+
+
+def annotate(data: dict[str, Any], s: Summary) -> dict[str, Any]:
+    """The output row: the input trace plus what the filter found."""
+    return {
+        **data,
+        "predicted_answer": s.predicted,
+        "correct": s.correct,
+        "label": s.label,
+        "mean_logprob": s.mean_logprob,
+        "min_logprob": s.min_logprob,
+        "mean_prob": _prob(s.mean_logprob),
+        "min_prob": _prob(s.min_logprob),
+        "agreement": s.agreement,
+        "reasons": list(s.reasons),
+    }
+
+
+def sft_row(data: dict[str, Any]) -> dict[str, Any]:
+    """TRL conversational format: the prompt messages as generated plus the completion."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    return {
+        "messages": [*messages, {"role": "assistant", "content": data["completion"]}],
+        "problem_id": data["problem_id"],
+        "teacher": data["teacher"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Funnel and report
+
+
+def funnel(summaries: Sequence[Summary]) -> dict[str, Any]:
+    """Traces in and out of each check (at their first failing check), and totals per reason."""
+    first = Counter(s.reasons[0] if s.reasons else None for s in summaries)
+    every = Counter(r for s in summaries for r in s.reasons)
+    remaining = len(summaries)
+    steps = []
+    for name in CHECKS:
+        dropped = first.get(name, 0)
+        steps.append({"check": name, "in": remaining, "rejected": dropped,
+                      "out": remaining - dropped})
+        remaining -= dropped
+    return {
+        "traces_in": len(summaries),
+        "kept": first.get(None, 0),
+        "rejected": len(summaries) - first.get(None, 0),
+        "steps": steps,
+        "reasons_any": dict(sorted(every.items(), key=lambda kv: _ORDER[kv[0]])),
+    }
+
+
+def _quantiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    values = sorted(values)
+
+    def q(p: float) -> float:
+        return round(values[min(len(values) - 1, int(p * len(values)))], 4)
+
+    return {"count": len(values), "mean": round(sum(values) / len(values), 4),
+            "min": round(values[0], 4), "p10": q(0.1), "p50": q(0.5), "p90": q(0.9),
+            "max": round(values[-1], 4)}
+
+
+def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None) -> dict[str, Any]:
+    valid = [s for s in summaries if s.problem_id is not None]
+    problems = {s.problem_id for s in valid}
+    covered = {s.problem_id for s in valid if not s.reasons}
+    with_gold = {s.problem_id for s in valid if s.gold is not None}
+    teachers: dict[str, Counter[str]] = defaultdict(Counter)
+    for s in valid:
+        if s.gold is None:
+            continue
+        outcome = "no_answer" if s.predicted is None else (s.verdict or "unverifiable")
+        teachers[s.teacher][outcome] += 1
+    accuracy = {}
+    for teacher, counts in teachers.items():
+        total = sum(counts.values())
+        accuracy[teacher] = {
+            "traces_with_gold": total,
+            **{k: counts.get(k, 0) for k in ("correct", "wrong", "unverifiable", "timeout",
+                                              "no_answer")},
+            "accuracy": round(counts["correct"] / total, 4) if total else None,
+            "problems_with_a_correct_trace": len(
+                {s.problem_id for s in valid if s.teacher == teacher and s.verdict == "correct"
+                 and s.label == "gold"}
+            ),
+        }
+    conf: dict[str, Any] = {}
+    for name, flag in (("correct", True), ("wrong", False)):
+        logps = [s.mean_logprob for s in valid if s.correct is flag and s.mean_logprob is not None]
+        mins = [s.min_logprob for s in valid if s.correct is flag and s.min_logprob is not None]
+        conf[name] = {
+            "mean_logprob": _quantiles(logps),
+            "mean_prob": _quantiles([math.exp(v) for v in logps]),
+            "min_logprob": _quantiles(mins),
+        }
+    kept_per_problem = Counter(
+        Counter(s.problem_id for s in valid if not s.reasons).values()
+    )
+    return {
+        "funnel": funnel(summaries),
+        "problems": len(problems),
+        "problems_with_gold": len(with_gold),
+        "majority_labelled_traces": sum(1 for s in valid if s.label == "majority"),
+        "coverage": {
+            "problems_with_kept_trace": len(covered),
+            "share": round(len(covered) / len(problems), 4) if problems else None,
+        },
+        "teacher_accuracy": accuracy,
+        "confidence": conf,
+        "kept_per_problem": {str(k): v for k, v in sorted(kept_per_problem.items())},
+        "verification": None if stats is None else {
+            "pairs": stats.pairs, "fast_path": stats.fast_path,
+            "unique_checked_with_math_verify": stats.unique_checked,
+            "missing_side": stats.unverifiable_missing, "timeouts": stats.timeouts,
+            "workers_killed": stats.workers_killed, "seconds": round(stats.seconds, 3),
+        },
+    }
+
+
+def funnel_table(report: dict[str, Any]) -> str:
+    lines = ["| check | in | rejected | out |", "|---|---:|---:|---:|"]
+    for step in report["funnel"]["steps"]:
+        lines.append(f"| {step['check']} | {step['in']} | {step['rejected']} | {step['out']} |")
+    return "\n".join(lines)
+
+
+def report_markdown(report: dict[str, Any], plot: str | None) -> str:
+    f = report["funnel"]
+    parts = [
+        "# Filter report",
+        "",
+        f"{f['traces_in']} traces in, {f['kept']} kept, {f['rejected']} rejected; "
+        f"{report['coverage']['problems_with_kept_trace']} of {report['problems']} problems "
+        f"have a kept trace (coverage {report['coverage']['share']}).",
+        "",
+        "## Funnel (each rejected trace counted at its first failing check)",
+        "",
+        funnel_table(report),
+        "",
+        "## Reasons (a trace can have several)",
+        "",
+        "| reason | traces |",
+        "|---|---:|",
+        *(f"| {k} | {v} |" for k, v in f["reasons_any"].items()),
+        "",
+        "## Teacher accuracy on problems with gold",
+        "",
+        "| teacher | traces | correct | wrong | unverifiable | timeout | no answer | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {t} | {a['traces_with_gold']} | {a['correct']} | {a['wrong']} | "
+            f"{a['unverifiable']} | {a['timeout']} | {a['no_answer']} | {a['accuracy']} |"
+            for t, a in report["teacher_accuracy"].items()
+        ),
+        "",
+        "## Confidence (mean token logprob) of correct vs wrong traces",
+        "",
+        "| traces | count | mean | p10 | p50 | p90 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("correct", "wrong"):
+        q = report["confidence"][name]["mean_logprob"]
+        if q:
+            parts.append(f"| {name} | {q['count']} | {q['mean']} | {q['p10']} | {q['p50']} | "
+                         f"{q['p90']} |")
+        else:
+            parts.append(f"| {name} | 0 | | | | |")
+    if plot:
+        parts += ["", f"![confidence]({plot})"]
+    return "\n".join(parts) + "\n"
+
+
+def plot_confidence(summaries: Sequence[Summary], path: Path) -> bool:
+    """Histogram of mean logprob, correct vs wrong traces; False when there is nothing to plot."""
+    def values_of(flag: bool) -> list[float]:
+        return [s.mean_logprob for s in summaries
+                if s.correct is flag and s.mean_logprob is not None]
+
+    correct, wrong = values_of(True), values_of(False)
+    if not correct and not wrong:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    low, high = min(correct + wrong), max(correct + wrong)
+    if high - low < 1e-6:  # one value only: give the single bar some width
+        low, high = low - 0.05, high + 0.05
+    for label, data in (("correct", correct), ("wrong", wrong)):
+        if data:
+            ax.hist(data, bins=30, range=(low, high), alpha=0.6, label=f"{label} ({len(data)})")
+    ax.set_xlabel("mean token logprob")
+    ax.set_ylabel("traces")
+    ax.set_title("Teacher confidence: correct vs wrong traces")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# In memory (tests, notebooks)
+
+
+def filter_traces(
+    traces: Iterable[Trace], config: FilterConfig, eval_questions: Iterable[str] = ()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(kept rows, rejected rows, report) for records in memory; same rules as `run_filter`."""
+    questions = list(eval_questions)
+    index = Contamination(questions, config.decontaminate_ngram) if questions else None
+    traces = list(traces)
+    summaries = [summarize(t, config, index) for t in traces]
+    for s in summaries:
+        check_logprobs_present(s, config)
+    stats = VerifyStats()
+    decide(summaries, config, stats)
+    kept, rejected = [], []
+    for trace, s in zip(traces, summaries, strict=True):
+        row = annotate(trace.model_dump(mode="json"), s)
+        (rejected if s.reasons else kept).append(row)
+    return kept, rejected, build_report(summaries, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _lines(paths: Sequence[Path]) -> Iterator[tuple[Path, int, str]]:
+    """(file, line number, text) of every non-blank line, in the same order on every pass."""
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield path, lineno, line
+
+
+def _bar(total: int, desc: str, unit: str = "trace", scale: bool = False) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def _check_inputs(config: FilterConfig) -> None:
+    if not config.traces:
+        raise InputError("filter needs --traces FILE [FILE ...]", field="traces")
+    if config.out is None and not config.dry_run:
+        raise InputError("filter needs --out DIR (or --dry-run)", field="out")
+    for path in [*config.traces, *config.decontaminate]:
+        if not Path(path).is_file():
+            raise InputError("file not found", file=path)
+
+
+def load_contamination(config: FilterConfig) -> Contamination | None:
+    from cotdistill.problems import load_problems
+
+    if not config.decontaminate:
+        return None
+    questions = [p.question for path in config.decontaminate for p in load_problems(Path(path))]
+    return Contamination(questions, config.decontaminate_ngram)
+
+
+def first_pass(config: FilterConfig, index: Contamination | None) -> list[Summary]:
+    """Read every trace once, keeping only its summary; bad input stops here, before writing."""
+    summaries: list[Summary] = []
+    contaminated: dict[str, bool] = {}
+
+    def leak(question: str) -> bool:
+        if question not in contaminated:
+            contaminated[question] = index(question)  # type: ignore[misc]
+        return contaminated[question]
+
+    total = sum(Path(p).stat().st_size for p in config.traces)
+    bar = _bar(total, "filter: read", unit="B", scale=True)
+    try:
+        for path, lineno, line in _lines(config.traces):
+            bar.update(len(line))  # characters: close enough to bytes
+            try:
+                trace = parse_line(line, Trace, path, lineno)
+            except InputError as exc:
+                if not config.skip_invalid:
+                    raise
+                summaries.append(invalid_summary(str(exc)))
+                continue
+            summary = summarize(trace, config, leak if index is not None else None)
+            check_logprobs_present(summary, config, path, lineno)
+            summaries.append(summary)
+    finally:
+        bar.close()
+    if not summaries:
+        raise InputError("no traces found", file=config.traces[0])
+    return summaries
+
+
+def _write_outputs(config: FilterConfig, summaries: list[Summary], out: Path) -> dict[str, int]:
+    names = ("kept.jsonl", "rejected.jsonl", "sft.jsonl")
+    tmp = {name: out / (name + ".tmp") for name in names}
+    counts = dict.fromkeys(names, 0)
+    handles = {name: open(tmp[name], "w", encoding="utf-8") for name in names}  # noqa: SIM115
+    bar = _bar(len(summaries), "filter: write")
+    try:
+        for position, (path, lineno, line) in enumerate(_lines(config.traces)):
+            s = summaries[position]
+            if s.problem_id is None:
+                row = {"source": f"{path}:{lineno}", "raw": line.rstrip("\n"),
+                       "error": s.error, "reasons": list(s.reasons)}
+                handles["rejected.jsonl"].write(dump_line(row))
+                counts["rejected.jsonl"] += 1
+            else:
+                data = json.loads(line)
+                target = "rejected.jsonl" if s.reasons else "kept.jsonl"
+                handles[target].write(dump_line(annotate(data, s)))
+                counts[target] += 1
+                if not s.reasons:
+                    handles["sft.jsonl"].write(dump_line(sft_row(data)))
+                    counts["sft.jsonl"] += 1
+            if position % 512 == 0:
+                bar.update(min(512, len(summaries) - bar.n))
+        bar.update(len(summaries) - bar.n)
+    finally:
+        bar.close()
+        for fh in handles.values():
+            fh.close()
+    if sum(counts[n] for n in ("kept.jsonl", "rejected.jsonl")) != len(summaries):
+        raise InputError("traces files changed while filtering; run again", file=config.traces[0])
+    for name in names:
+        os.replace(tmp[name], out / name)
+    return counts
+
+
+def run_filter(config: FilterConfig) -> dict[str, Any]:
+    """Filter `config.traces` into `config.out`; returns the manifest (the report on dry runs)."""
+    started = time.time()
+    _check_inputs(config)
+    index = load_contamination(config)
+    summaries = first_pass(config, index)
+    stats = VerifyStats()
+    need = sum(1 for s in summaries if s.gold is not None and s.predicted is not None)
+    bar = _bar(need, "filter: verify")
+    try:
+        decide(summaries, config, stats, on_verified=bar.update)
+    finally:
+        bar.close()
+    report = build_report(summaries, stats)
+    if config.dry_run:
+        f = report["funnel"]
+        print(funnel_table(report))
+        print(f"filter (dry run): {f['traces_in']} traces, {f['kept']} would be kept, "
+              f"{f['rejected']} rejected; nothing written")
+        return {"dry_run": True, **report}
+
+    out = Path(config.out)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
+    counts = _write_outputs(config, summaries, out)
+    plot = "confidence.png" if plot_confidence(summaries, out / "confidence.png") else None
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report, plot))
+    inputs = {str(p): sha256_file(Path(p)) for p in [*config.traces, *config.decontaminate]}
+    f = report["funnel"]
+    manifest = write_manifest(
+        out,
+        stage="filter",
+        config=config,
+        inputs=inputs,
+        counts={"traces_in": f["traces_in"], "kept": f["kept"], "rejected": f["rejected"],
+                "sft": counts["sft.jsonl"], "problems": report["problems"],
+                "problems_covered": report["coverage"]["problems_with_kept_trace"]},
+        started=started,
+        extra={"funnel": f["steps"]},
+    )
+    print(f"filter: {f['traces_in']} traces, {f['kept']} kept, {f['rejected']} rejected, "
+          f"coverage {report['coverage']['share']} -> {out}")
+    return manifest

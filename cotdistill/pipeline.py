@@ -1,0 +1,479 @@
+"""The whole chain from one YAML file: generate, filter, (student init,) train, evaluate.
+
+    cotdistill run --config configs/demo.yaml [--out runs/demo]
+
+Each section of the file holds the keys of one stage's own config (`generate:` takes
+`cotdistill generate` keys, and so on); `run` fills in the paths that connect the stages, and
+every stage writes a sub-folder of `out`. A stage is skipped when its folder has a manifest
+with the same config and a `pipeline.json` stamp whose input hashes still match; otherwise it
+runs again, and the stages resume themselves (generate keeps finished problems, train continues
+from its last checkpoint). The evaluation problems are also the filter's decontamination set.
+
+With `control: unfiltered`, a control student is trained exactly like `control_of` but on as
+many traces as the filter kept, drawn at random from all generated traces (contaminated ones
+excepted) without any selection, so the report shows what selection buys at equal budget.
+
+`plan` turns the config into stage configs (all validated before any model loads);
+`run_pipeline(config, stages=...)` runs them with injectable stage functions for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from cotdistill.config import StrictModel, validate_config
+from cotdistill.errors import InputError
+from cotdistill.records import dump_line, read_manifest, sha256_file, sha256_text, write_manifest
+
+STAMP = "pipeline.json"
+_NAME = r"^[A-Za-z0-9_.\-]+$"
+
+
+class StudentPlan(StrictModel):
+    name: str = Field(pattern=_NAME, description="Student name in the report and folder name.")
+    start: str | None = Field(
+        None, description="Model to start from (folder or hub id); default: the teacher."
+    )
+    init: dict[str, Any] | None = Field(
+        None,
+        description="`cotdistill student init` keys (layers or keep_every): start from a "
+        "shallower copy of the teacher. Unset: start from the teacher itself.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill train` keys; data, student and out are set by run.",
+    )
+
+
+class PipelineConfig(StrictModel):
+    out: Path = Field(Path("runs/demo"), description="Output folder; one sub-folder per stage.")
+    teacher: str | None = Field(
+        None, description="Teacher model folder or hub id; default: the embedded SmolLM2."
+    )
+    problems: Path | None = Field(None, description="Training problems the teacher solves.")
+    eval_problems: Path | None = Field(
+        None, description="Held-out problems: the evaluation set and the decontamination set."
+    )
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine keys shared by generate and evaluate (backend, dtype, "
+        "gpu_memory_utilization, seed, ...); a stage section can override them.",
+    )
+    generate: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill generate` keys; problems, out and teacher are set by run.",
+    )
+    filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill filter` keys; traces and out are set by run, and the "
+        "evaluation problems are added to decontaminate.",
+    )
+    students: list[StudentPlan] = Field(
+        default_factory=list, description="Students to build and train on the kept traces."
+    )
+    control: Literal["none", "unfiltered"] = Field(
+        "none",
+        description="unfiltered: also train a control student on as many traces as were kept, "
+        "drawn from all generated traces without selection.",
+    )
+    control_of: str | None = Field(
+        None, description="Student whose start and training the control copies; default: first."
+    )
+    control_seed: int = Field(0, description="Seed of the control's random draw of traces.")
+    evaluate: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill evaluate` keys; problems, model and out are set by run; "
+        "prompt_template defaults to generate's.",
+    )
+    evaluate_bases: bool = Field(
+        False, description="Also evaluate each student's starting point when it is not the teacher."
+    )
+
+
+# --- the plan: stage configs connected by paths -------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One stage run: which function, with what config, into which folder, depending on what."""
+
+    name: str
+    kind: str  # key of Stages
+    out: Path
+    config: BaseModel
+    depends_on: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    evaluate_dir: Path
+
+
+def _section(model: type[BaseModel], values: dict[str, Any], section: str, source: Any) -> Any:
+    """Validate a section into its stage config; errors name the section key (`filter.x`)."""
+    try:
+        return validate_config(model, values, source)
+    except InputError as exc:
+        raise InputError(exc.message, file=exc.file, field=f"{section}.{exc.field}") from exc
+
+
+def _owned(values: dict[str, Any], keys: tuple[str, ...], section: str) -> None:
+    for key in keys:
+        if key in values:
+            raise InputError(
+                f"`{key}` is set by `cotdistill run`; remove it from this section",
+                field=f"{section}.{key}",
+            )
+
+
+def plan(config: PipelineConfig, source: Any = None) -> Plan:
+    """All stage configs, validated (before any model is loaded), in the order they run."""
+    from cotdistill.evaluate import EvaluateConfig
+    from cotdistill.filter import FilterConfig
+    from cotdistill.generate import GenerateConfig
+    from cotdistill.student import StudentInitConfig
+    from cotdistill.train import TrainConfig
+
+    if config.problems is None or config.eval_problems is None:
+        raise InputError("run needs `problems` and `eval_problems`", file=source,
+                         field="problems" if config.problems is None else "eval_problems")
+    for key in ("problems", "eval_problems"):
+        path = getattr(config, key)
+        if not Path(path).exists():
+            raise InputError("file not found", file=path, field=key)
+    out = Path(config.out)
+    teacher_model = config.teacher  # None: each stage resolves the embedded teacher itself
+    teacher_dep = [Path(config.teacher)] if config.teacher and Path(config.teacher).exists() else []
+
+    _owned(config.generate, ("problems", "out", "teacher"), "generate")
+    gen_dir = out / "generate"
+    generate = _section(
+        GenerateConfig,
+        {**config.engine, **config.generate, "problems": config.problems, "out": gen_dir,
+         "teacher": teacher_model},
+        "generate", source,
+    )
+    traces = gen_dir / "traces.jsonl"
+    steps = [Step("generate", "generate", gen_dir, generate, [config.problems, *teacher_dep])]
+
+    _owned(config.filter, ("traces", "out"), "filter")
+    filter_dir = out / "filter"
+    decontaminate = [Path(p) for p in config.filter.get("decontaminate", [])]
+    if Path(config.eval_problems) not in decontaminate:
+        decontaminate.append(Path(config.eval_problems))
+    filtered = _section(
+        FilterConfig,
+        {**config.filter, "traces": [traces], "out": filter_dir, "decontaminate": decontaminate},
+        "filter", source,
+    )
+    sft = filter_dir / "sft.jsonl"
+    steps.append(Step("filter", "filter", filter_dir, filtered, [traces, *decontaminate]))
+
+    names = [s.name for s in config.students]
+    if len(set(names)) != len(names):
+        raise InputError("student names must be unique", file=source, field="students")
+    models: dict[str, Path] = {}
+    starts: dict[str, Path | None] = {}
+    origins: dict[str, tuple[Path | None, str | None, list[Path]]] = {}
+    trains: dict[str, dict[str, Any]] = {}
+    for i, student in enumerate(config.students):
+        section = f"students.{i}"
+        folder = out / "students" / student.name
+        origin = student.start or teacher_model
+        origin_dep = [Path(origin)] if origin and Path(origin).exists() else []
+        start: Path | None = None
+        if student.init is not None:
+            _owned(student.init, ("teacher", "out"), f"{section}.init")
+            start = folder / "init"
+            init = _section(
+                StudentInitConfig, {**student.init, "teacher": origin, "out": start},
+                f"{section}.init", source,
+            )
+            steps.append(Step(f"{student.name}: init", "student_init", start, init, origin_dep))
+        _owned(student.train, ("data", "student", "out"), f"{section}.train")
+        model_dir = folder / "model"
+        train = _section(
+            TrainConfig,
+            {**student.train, "data": [sft], "out": model_dir,
+             "student": str(start) if start else origin},
+            f"{section}.train", source,
+        )
+        steps.append(Step(f"{student.name}: train", "train", model_dir, train,
+                          [sft, *([start] if start else origin_dep)]))
+        models[student.name] = model_dir
+        starts[student.name] = start
+        origins[student.name] = (start, str(start) if start else origin,
+                                 [start] if start else origin_dep)
+        trains[student.name] = student.train
+
+    if config.control == "unfiltered":
+        if not config.students:
+            raise InputError("control: unfiltered needs a student to copy", file=source,
+                             field="control")
+        of = config.control_of or config.students[0].name
+        if of not in trains:
+            raise InputError(f"no student named {of!r}", file=source, field="control_of")
+        control_dir = out / "control" / f"{of}-unfiltered"
+        control_sft = control_dir / "data" / "sft.jsonl"
+        rejected = filter_dir / "rejected.jsonl"
+        kept = filter_dir / "kept.jsonl"
+        draw = ControlDataConfig(
+            kept=kept, rejected=rejected, like=sft, out=control_sft.parent,
+            seed=config.control_seed,
+        )
+        steps.append(Step(f"{of}-unfiltered: data", "control_data", control_sft.parent, draw,
+                          [kept, rejected, sft]))
+        _, student_model, student_dep = origins[of]
+        model_dir = control_dir / "model"
+        train = _section(
+            TrainConfig,
+            {**trains[of], "data": [control_sft], "out": model_dir, "student": student_model},
+            "control", source,
+        )
+        steps.append(Step(f"{of}-unfiltered: train", "train", model_dir, train,
+                          [control_sft, *student_dep]))
+        models[f"{of}-unfiltered"] = model_dir
+
+    _owned(config.evaluate, ("problems", "model", "out"), "evaluate")
+    eval_dir = out / "evaluate"
+    specs = [f"teacher={config.teacher or 'embedded'}"]
+    if config.evaluate_bases:
+        specs += [f"{name}-base={start}" for name, start in starts.items() if start is not None]
+    specs += [f"{name}={path}" for name, path in models.items()]
+    evaluate = _section(
+        EvaluateConfig,
+        {"prompt_template": generate.prompt_template, "reference": "teacher", **config.engine,
+         **config.evaluate, "problems": config.eval_problems, "model": specs, "out": eval_dir},
+        "evaluate", source,
+    )
+    eval_deps = [Path(config.eval_problems), *teacher_dep, *models.values()]
+    if config.evaluate_bases:
+        eval_deps += [s for s in starts.values() if s is not None]
+    steps.append(Step("evaluate", "evaluate", eval_dir, evaluate, eval_deps))
+    return Plan(steps, eval_dir)
+
+
+# --- the control student's data: as many traces as were kept, drawn without selection ----------
+
+
+class ControlDataConfig(StrictModel):
+    kept: Path = Field(description="The filter's kept.jsonl.")
+    rejected: Path = Field(description="The filter's rejected.jsonl.")
+    like: Path = Field(description="The filter's sft.jsonl: the control gets as many rows.")
+    out: Path = Field(description="Output folder for the control's sft.jsonl.")
+    seed: int = Field(0, description="Seed of the random draw.")
+
+
+# Rejections that are not a judgement of quality: these traces never enter the control pool.
+NOT_A_SELECTION = ("contaminated", "invalid_record")
+
+
+def draw_unfiltered(rows: list[dict[str, Any]], count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` traces drawn uniformly from all rows; output in the rows' original order."""
+    pool = [r for r in rows if not set(r.get("reasons") or ()) & set(NOT_A_SELECTION)]
+    if count > len(pool):
+        raise InputError(f"cannot draw {count} traces from {len(pool)}", field="control")
+    chosen = sorted(random.Random(seed).sample(range(len(pool)), count))
+    return [pool[i] for i in chosen]
+
+
+def run_control_data(config: ControlDataConfig) -> dict[str, Any]:
+    from cotdistill.filter import sft_row
+
+    started = time.time()
+    rows = [json.loads(line) for p in (config.kept, config.rejected)
+            for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+    count = sum(1 for line in Path(config.like).read_text().splitlines() if line.strip())
+    # Rows are keyed for a stable order that does not depend on the kept/rejected split.
+    rows.sort(key=lambda r: (str(r.get("problem_id")), r.get("sample_index", 0)))
+    drawn = draw_unfiltered(rows, count, config.seed)
+    config.out.mkdir(parents=True, exist_ok=True)
+    path = config.out / "sft.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(dump_line(sft_row(r)) for r in drawn), encoding="utf-8")
+    tmp.replace(path)
+    correct = sum(1 for r in drawn if r.get("correct"))
+    return write_manifest(
+        config.out, stage="control_data", config=config,
+        inputs={str(p): sha256_file(p) for p in (config.kept, config.rejected, config.like)},
+        counts={"pool": len(rows), "drawn": len(drawn), "drawn_correct": correct},
+        started=started,
+    )
+
+
+# --- running: reuse what is done, resume what is not -------------------------------------------
+
+
+def content_hash(path: Path, cache: dict[Path, str] | None = None) -> str | None:
+    """A file's hash, or a folder's top-level files (weights, configs; not checkpoints)."""
+    path = Path(path)
+    if cache is not None and path in cache:
+        return cache[path]
+    if not path.exists():
+        value = None
+    elif path.is_file():
+        value = sha256_file(path)
+    else:
+        parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(path.iterdir())
+                 if p.is_file() and p.name not in (STAMP, "manifest.json")]
+        value = sha256_text("\n".join(parts))
+    if cache is not None:
+        cache[path] = value  # type: ignore[assignment]
+    return value
+
+
+def stamp_of(step: Step, hashes: dict[Path, str]) -> dict[str, Any]:
+    return {
+        "config": step.config.model_dump(mode="json"),
+        "inputs": {str(p): content_hash(p, hashes) for p in step.depends_on},
+    }
+
+
+def is_done(step: Step, hashes: dict[Path, str]) -> bool:
+    """Done: a manifest with the same config, and inputs that hash as they did then."""
+    manifest = read_manifest(step.out)
+    if manifest is None or manifest.get("config") != step.config.model_dump(mode="json"):
+        return False
+    stamp_path = step.out / STAMP
+    if not stamp_path.exists():
+        return False
+    try:
+        return json.loads(stamp_path.read_text()) == stamp_of(step, hashes)
+    except json.JSONDecodeError:
+        return False
+
+
+@dataclass
+class Stages:
+    """The stage functions `run` calls; tests replace them."""
+
+    generate: Callable[[Any], Any]
+    filter: Callable[[Any], Any]
+    student_init: Callable[[Any], Any]
+    train: Callable[[Any], Any]
+    control_data: Callable[[Any], Any]
+    evaluate: Callable[[Any], Any]
+
+
+def default_stages() -> Stages:
+    def generate(config: Any) -> Any:
+        from cotdistill.generate import run_generate
+
+        return run_generate(config)
+
+    def filter_(config: Any) -> Any:
+        from cotdistill.filter import run_filter
+
+        return run_filter(config)
+
+    def student_init(config: Any) -> Any:
+        from cotdistill.student import run_student_init
+
+        return run_student_init(config)
+
+    def train(config: Any) -> Any:
+        from cotdistill.train import run_train
+
+        return run_train(config)
+
+    def evaluate(config: Any) -> Any:
+        from cotdistill.evaluate import run_evaluate
+
+        return run_evaluate(config)
+
+    return Stages(generate, filter_, student_init, train, run_control_data, evaluate)
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def run_pipeline(config: PipelineConfig, stages: Stages | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print the report; return a summary."""
+    started = time.time()
+    the_plan = plan(config)
+    stages = stages or default_stages()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hashes: dict[Path, str] = {}
+    record: list[dict[str, Any]] = []
+    for step in the_plan.steps:
+        tick = time.time()
+        if is_done(step, hashes):
+            print(f"run: {step.name}: reusing {step.out} (same config and inputs)")
+            record.append({"stage": step.name, "out": str(step.out), "reused": True,
+                           "seconds": 0.0})
+            continue
+        _banner(f"{step.name} -> {step.out}")
+        getattr(stages, step.kind)(step.config)
+        # Outputs changed: forget their hashes, then stamp this step with its inputs.
+        for path in list(hashes):
+            if path == step.out or step.out in path.parents:
+                del hashes[path]
+        (step.out / STAMP).write_text(json.dumps(stamp_of(step, hashes), indent=2) + "\n")
+        record.append({"stage": step.name, "out": str(step.out), "reused": False,
+                       "seconds": round(time.time() - tick, 1)})
+
+    report = pipeline_report(config, the_plan, record, time.time() - started)
+    (out / "report.md").write_text(report)
+    print("\n" + report)
+    print(f"run: everything is under {out}/ ; evaluation report: {the_plan.evaluate_dir}/report.md")
+    return {"stages": record, "report": str(out / "report.md"),
+            "evaluation": str(the_plan.evaluate_dir)}
+
+
+def _manifest_line(step: Step) -> str:
+    manifest = read_manifest(step.out) or {}
+    counts = manifest.get("counts", {})
+    if step.kind == "generate":
+        rate = manifest.get("output_tokens_per_s")
+        return (f"{counts.get('problems')} problems, {counts.get('samples')} samples, "
+                f"mean {counts.get('mean_tokens')} tokens"
+                + (f", {rate:.0f} output tok/s" if rate else ""))
+    if step.kind == "filter":
+        return (f"{counts.get('kept')} of {counts.get('traces_in')} traces kept, "
+                f"{counts.get('problems_covered')} of {counts.get('problems')} problems covered")
+    if step.kind == "train":
+        loss = manifest.get("train_loss")
+        return (f"{counts.get('train_examples')} examples, {counts.get('steps')} steps, "
+                f"{manifest.get('mode')}" + (f", loss {loss:.3f}" if loss is not None else ""))
+    if step.kind == "control_data":
+        return f"{counts.get('drawn')} traces drawn ({counts.get('drawn_correct')} correct)"
+    if step.kind == "student_init":
+        return ", ".join(f"{k} {v}" for k, v in counts.items())
+    return ""
+
+
+def pipeline_report(
+    config: PipelineConfig, the_plan: Plan, record: list[dict[str, Any]], seconds: float
+) -> str:
+    lines = [
+        "# cotdistill run",
+        "",
+        f"Teacher `{config.teacher or 'embedded SmolLM2-135M-Instruct'}`, training problems "
+        f"`{config.problems}`, evaluation problems `{config.eval_problems}`.",
+        "",
+        "| stage | output | time | what |",
+        "|---|---|---|---|",
+    ]
+    for step, entry in zip(the_plan.steps, record, strict=True):
+        manifest = read_manifest(step.out) or {}
+        took = "reused" if entry["reused"] else f"{entry['seconds']:.0f} s"
+        if entry["reused"] and manifest.get("wall_time_s") is not None:
+            took += f" (took {manifest['wall_time_s']:.0f} s)"
+        lines.append(f"| {step.name} | `{step.out}` | {took} | {_manifest_line(step)} |")
+    lines += ["", f"This run: {seconds:.0f} s.", ""]
+    evaluation = the_plan.evaluate_dir / "report.md"
+    if evaluation.exists():
+        body = evaluation.read_text().replace("# Evaluation", "## Evaluation", 1)
+        lines.append(body.replace("](", f"]({the_plan.evaluate_dir.name}/"))
+    return "\n".join(lines) + "\n"

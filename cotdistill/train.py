@@ -1,0 +1,738 @@
+"""Stage 3: train the student on the kept traces (TRL SFT, optional LoRA and logit distillation).
+
+The loss covers the assistant turn only (the teacher's reasoning), never the prompt: each record
+becomes a conversational prompt-completion pair and is tokenized here the way TRL does it
+(`completion_mask`), so truncation is counted exactly and a prompt too long for `max_length`
+stops the run instead of being dropped silently by TRL.
+
+    cotdistill train --data runs/filter/sft.jsonl --out runs/student [--lora] [--epochs 2]
+    cotdistill train --data sft.jsonl --student runs/cut --teacher runs/teacher --out runs/kd
+
+Core pieces, testable without models: `load_examples` (files -> validated examples),
+`tokenize_examples`, `split_eval`, `apply_teacher_weights`, `sft_config`, `lora_config`;
+`run_train` adds the edges (models, trainer, saving, train_log.jsonl, manifest.json).
+Output: a full fine-tune is a normal model folder in `out`; LoRA leaves the adapter in `out`
+(and with `--merge` merged weights in `out/merged`); checkpoints in `out/checkpoints/`.
+Under `accelerate launch` (see configs/accelerate_fsdp.yaml) it runs unchanged on many GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from cotdistill.config import StrictModel
+from cotdistill.errors import InputError
+from cotdistill.records import Message, Record, parse_line, sha256_file, write_manifest
+
+TRAIN_LOG = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainConfig(StrictModel):
+    data: list[Path] = Field(
+        default_factory=list,
+        description="sft.jsonl files (chat `messages` ending in the assistant turn) or "
+        "`datasets` folders in the same format.",
+    )
+    student: str | None = Field(
+        None, description="Model folder or hub id to train; default: the embedded SmolLM2."
+    )
+    out: Path | None = Field(None, description="Output directory (model or adapter, logs).")
+    lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names to adapt, or `all-linear`.",
+    )
+    merge: bool = Field(False, description="With --lora, also save merged weights in out/merged.")
+    teacher: str | None = Field(
+        None,
+        description="Teacher model for logit distillation (must share the student's tokenizer); "
+        "unset: plain SFT.",
+    )
+    distill_temperature: float = Field(
+        2.0, gt=0.0, description="Softmax temperature T of the distillation KL."
+    )
+    distill_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weight of T^2 * KL; CE on the trace gets 1 - alpha."
+    )
+    teacher_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-teacher sampling weight, e.g. `big=2,small=0.5`: each record of that "
+        "teacher is seen weight times per epoch on average; unnamed teachers get 1.",
+    )
+    epochs: float = Field(2.0, gt=0.0, description="Training epochs (ignored if max_steps > 0).")
+    max_steps: int = Field(-1, description="Optimizer steps; -1 = use epochs.")
+    learning_rate: float = Field(2e-5, gt=0.0, description="Peak learning rate.")
+    lr_scheduler: str = Field(
+        "linear", description="Schedule after warmup: linear, cosine, constant, ..."
+    )
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    batch_size: int = Field(8, gt=0, description="Sequences per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per step.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (less memory, ~30% slower)."
+    )
+    max_length: int = Field(
+        1024, gt=0, description="Tokens per sequence; longer traces are cut and counted."
+    )
+    packing: bool = Field(
+        False, description="Pack sequences into max_length blocks (best-fit, no cross-attention)."
+    )
+    padding_free: bool = Field(
+        False, description="Concatenate each batch into one unpadded sequence."
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of problems held out (all their traces) to report an eval loss.",
+    )
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default: at "
+                                   "each save and at the end.")
+    save_steps: int = Field(200, gt=0, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept (oldest deleted).")
+    resume: bool = Field(
+        True, description="Continue from the last checkpoint in out/checkpoints if present."
+    )
+    logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
+    seed: int = Field(0, description="Seed for shuffling, eval split, weights and init.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Training dtype; auto = bfloat16 on GPU, float32 on CPU."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel (sdpa, flash_attention_2, eager); default: library's."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model (unsafe).")
+
+    @field_validator("teacher_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: Any) -> Any:
+        """Accept `a=2,b=0.5` (the generated flag passes one string) or a JSON object."""
+        if isinstance(value, list):
+            value = ",".join(value)
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        weights = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, weight = item.rpartition("=")
+            if not sep or not name:
+                raise ValueError(f"expected NAME=WEIGHT, got {item!r}")
+            weights[name] = float(weight)
+        return weights
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            if not weight >= 0 or math.isinf(weight):
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0")
+        return value
+
+
+class SftRecord(Record):
+    """One line of the filter's sft.jsonl."""
+
+    messages: list[Message]
+    problem_id: str | None = None
+    teacher: str | None = None
+
+
+@dataclass
+class Example:
+    """A training pair: everything before the last message is the prompt, the last the target."""
+
+    prompt: list[dict[str, str]]
+    completion: list[dict[str, str]]
+    teacher: str
+    problem_id: str
+    file: str
+    line: int
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    completion_mask: list[int]
+    teacher: str
+    problem_id: str
+    truncated_tokens: int = 0
+
+
+@dataclass
+class DataStats:
+    records: int = 0
+    truncated: int = 0
+    truncated_tokens: int = 0
+    tokens: int = 0
+    completion_tokens: int = 0
+    by_teacher: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- data (no models needed)
+
+
+def to_example(record: SftRecord, file: str, line: int) -> Example:
+    """Split a record into prompt and completion; a record without an answer is an error."""
+    messages = [m.model_dump() for m in record.messages]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise InputError(
+            "the last message must be the assistant turn (the trace to learn)",
+            file=file, line=line, field="messages",
+        )
+    if len(messages) < 2:
+        raise InputError("no prompt before the assistant turn", file=file, line=line,
+                         field="messages")
+    if not messages[-1]["content"].strip():
+        raise InputError("the assistant turn is empty", file=file, line=line,
+                         field="messages.content")
+    return Example(
+        prompt=messages[:-1],
+        completion=messages[-1:],
+        teacher=record.teacher or "unknown",
+        problem_id=record.problem_id or f"{file}:{line}",
+        file=file,
+        line=line,
+    )
+
+
+def _rows(path: Path) -> Iterable[tuple[str, int, Any]]:
+    """(file, line, raw) for a jsonl file, a folder of them, or a `datasets` folder."""
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield str(path), lineno, line
+        return
+    if not path.is_dir():
+        raise InputError("no such file or folder", file=path, field="data")
+    if any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
+        from datasets import DatasetDict, load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if isinstance(dataset, DatasetDict):
+            if "train" not in dataset:
+                raise InputError("dataset has no 'train' split", file=path, field="data")
+            dataset = dataset["train"]
+        for index, row in enumerate(dataset, start=1):
+            yield str(path), index, row
+        return
+    files = sorted(path.glob("*.jsonl"))
+    if not files:
+        raise InputError("folder holds neither a `datasets` dataset nor .jsonl files", file=path,
+                         field="data")
+    for file in files:
+        yield from _rows(file)
+
+
+def load_examples(paths: Sequence[Path]) -> list[Example]:
+    """Read and validate every record; the first bad one raises InputError naming its line."""
+    if not paths:
+        raise InputError("train needs --data (sft.jsonl files or a datasets folder)",
+                         field="data")
+    examples = []
+    for path in paths:
+        for file, line, raw in _rows(Path(path)):
+            if isinstance(raw, str):
+                record = parse_line(raw, SftRecord, file, line)
+            else:
+                record = _validate_row(raw, file, line)
+            examples.append(to_example(record, file, line))
+    if not examples:
+        raise InputError("no training records", file=", ".join(map(str, paths)), field="data")
+    return examples
+
+
+def _validate_row(row: dict[str, Any], file: str, line: int) -> SftRecord:
+    from pydantic import ValidationError
+
+    try:
+        return SftRecord.model_validate(row)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(first["msg"], file=file, line=line,
+                         field=".".join(str(p) for p in first["loc"])) from exc
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_example(tokenizer: Any, example: Example, max_length: int) -> Tokenized:
+    """Chat-template the pair as TRL does; mask the prompt; cut at max_length (keep start).
+
+    A prompt that fills max_length leaves nothing to learn; TRL would drop it silently, so it
+    is an error here naming the record.
+    """
+    prompt_ids = tokenizer.apply_chat_template(
+        example.prompt, tokenize=True, return_dict=True, add_generation_prompt=True
+    )["input_ids"]
+    full_ids = tokenizer.apply_chat_template(
+        example.prompt + example.completion, tokenize=True, return_dict=True
+    )["input_ids"]
+    # Some templates render a prompt alone differently; the completion starts where they part.
+    prompt_len = _common_prefix(prompt_ids, full_ids)
+    if prompt_len >= max_length:
+        raise InputError(
+            f"the prompt is {prompt_len} tokens, max_length is {max_length}: nothing of the "
+            "answer would be trained; raise --max-length or shorten the prompt",
+            file=example.file, line=example.line, field="messages",
+        )
+    mask = [0] * prompt_len + [1] * (len(full_ids) - prompt_len)
+    cut = max(len(full_ids) - max_length, 0)
+    return Tokenized(
+        input_ids=full_ids[:max_length],
+        completion_mask=mask[:max_length],
+        teacher=example.teacher,
+        problem_id=example.problem_id,
+        truncated_tokens=cut,
+    )
+
+
+def tokenize_examples(
+    tokenizer: Any, examples: Sequence[Example], max_length: int
+) -> tuple[list[Tokenized], DataStats]:
+    rows = [tokenize_example(tokenizer, e, max_length) for e in examples]
+    stats = DataStats(
+        records=len(rows),
+        truncated=sum(r.truncated_tokens > 0 for r in rows),
+        truncated_tokens=sum(r.truncated_tokens for r in rows),
+        tokens=sum(len(r.input_ids) for r in rows),
+        completion_tokens=sum(sum(r.completion_mask) for r in rows),
+        by_teacher=dict(Counter(r.teacher for r in rows)),
+    )
+    return rows, stats
+
+
+def split_eval(
+    rows: Sequence[Tokenized], fraction: float, seed: int
+) -> tuple[list[Tokenized], list[Tokenized]]:
+    """Hold out whole problems (all their traces), so no eval problem is seen in training."""
+    if fraction <= 0:
+        return list(rows), []
+    problems = sorted({r.problem_id for r in rows})
+    if len(problems) < 2:
+        raise InputError("eval_fraction needs at least two distinct problems in the data",
+                         field="eval_fraction")
+    random.Random(seed).shuffle(problems)
+    held = set(problems[: min(max(1, round(fraction * len(problems))), len(problems) - 1)])
+    return [r for r in rows if r.problem_id not in held], [r for r in rows if r.problem_id in held]
+
+
+def apply_teacher_weights(
+    rows: Sequence[Tokenized], weights: dict[str, float], seed: int
+) -> list[Tokenized]:
+    """Repeat each row about `weight` times (whole copies plus a seeded coin for the rest).
+
+    Done on the dataset rather than in a sampler so it composes with packing, padding-free
+    batching and several processes unchanged.
+    """
+    if not weights:
+        return list(rows)
+    present = {r.teacher for r in rows}
+    unknown = sorted(set(weights) - present)
+    if unknown:
+        raise InputError(
+            f"no records from teacher(s) {unknown}; teachers in the data: {sorted(present)}",
+            field="teacher_weights",
+        )
+    rng = random.Random(seed)
+    out: list[Tokenized] = []
+    for row in rows:
+        weight = weights.get(row.teacher, 1.0)
+        copies = int(weight) + (rng.random() < weight - int(weight))
+        out.extend([row] * copies)
+    if not out:
+        raise InputError("the teacher weights leave no training records", field="teacher_weights")
+    return out
+
+
+def to_dataset(rows: Sequence[Tokenized]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "input_ids": [r.input_ids for r in rows],
+            "completion_mask": [r.completion_mask for r in rows],
+        }
+    )
+
+
+# ---------------------------------------------------------------- library configs
+
+
+def use_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_dtype(config: TrainConfig, cuda: bool) -> Any:
+    import torch
+
+    if config.dtype == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def sft_config(config: TrainConfig, out: Path, has_eval: bool, cuda: bool) -> Any:
+    """TRL SFTConfig for this run. Data arrive tokenized with `completion_mask` (see above)."""
+    from trl import SFTConfig
+
+    eval_steps = config.eval_steps or config.save_steps
+    return SFTConfig(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=cuda and config.dtype != "float32",
+        use_cpu=not cuda,
+        completion_only_loss=True,
+        # Sequences are already cut to max_length; packing still needs the block size.
+        max_length=config.max_length if config.packing else None,
+        packing=config.packing,
+        packing_strategy="bfd",
+        padding_free=config.padding_free,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: str | list[str] = config.lora_target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
+# ---------------------------------------------------------------- edges
+
+
+def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student_cfg: Any,
+                         teacher_cfg: Any, teacher: str) -> None:
+    """Logit distillation compares distributions over one vocabulary, token id by token id."""
+    problems = []
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        problems.append("different vocabularies")
+    for name in ("eos_token", "bos_token", "pad_token"):
+        if getattr(student_tok, name) != getattr(teacher_tok, name):
+            problems.append(f"different {name}")
+    s_vocab = student_cfg.get_text_config().vocab_size
+    t_vocab = teacher_cfg.get_text_config().vocab_size
+    if s_vocab != t_vocab:
+        problems.append(f"output sizes {s_vocab} (student) != {t_vocab} (teacher)")
+    if problems:
+        raise InputError(
+            "teacher and student must share a tokenizer for logit distillation: "
+            + "; ".join(problems),
+            field="teacher", file=teacher,
+        )
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint we resume from: those steps are trained again."""
+    if not path.exists():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip()
+            and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train_log_callback(path: Path) -> Any:
+    """Appends each log to train_log.jsonl and adds tokens/s to the logs (and progress bar)."""
+    from transformers import TrainerCallback
+
+    keys = ("loss", "learning_rate", "grad_norm", "eval_loss", "mean_token_accuracy",
+            "distill_kl", "distill_ce", "num_tokens", "epoch", "train_loss", "train_runtime")
+
+    class TrainLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_time = time.time()
+            self.last_tokens = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.last_time, self.last_tokens = time.time(), 0.0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kwargs: Any) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            now = time.time()
+            tokens = logs.get("num_tokens")
+            if tokens is not None and "loss" in logs:
+                if tokens >= self.last_tokens and now > self.last_time:
+                    logs["tokens_per_s"] = round((tokens - self.last_tokens) /
+                                                 (now - self.last_time), 1)
+                self.last_time, self.last_tokens = now, tokens
+            entry = {"step": state.global_step, "time": round(now, 3)}
+            entry.update({k: logs[k] for k in (*keys, "tokens_per_s") if k in logs})
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    return TrainLog()
+
+
+def peak_memory_bytes(cuda: bool) -> int:
+    """Peak GPU memory allocated by torch on GPU; else the process's peak resident memory."""
+    if cuda:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def load_model(path: str, config: TrainConfig, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+@dataclass
+class Prepared:
+    """Everything checked and tokenized before any model weights are loaded."""
+
+    student_path: str
+    student_name: str
+    teacher_path: str | None
+    teacher_name: str | None
+    tokenizer: Any
+    stats: DataStats
+    train_rows: list[Tokenized]
+    eval_rows: list[Tokenized]
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Read, validate and tokenize the data; check the models' tokenizers. No weights loaded."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cotdistill.models import resolve_model
+    from cotdistill.student import load_pretrained
+
+    examples = load_examples(config.data)
+    student_path, student_name = resolve_model(config.student)
+    tokenizer = load_pretrained(AutoTokenizer, student_path, config.trust_remote_code, "student")
+    if not tokenizer.chat_template:
+        raise InputError("the student's tokenizer has no chat template", field="student",
+                         file=student_path)
+    teacher_path = teacher_name = None
+    if config.teacher is not None:
+        teacher_path, teacher_name = resolve_model(config.teacher)
+        remote = config.trust_remote_code
+        check_same_tokenizer(
+            tokenizer,
+            load_pretrained(AutoTokenizer, teacher_path, remote, "teacher"),
+            load_pretrained(AutoConfig, student_path, remote, "student"),
+            load_pretrained(AutoConfig, teacher_path, remote, "teacher"),
+            teacher_path,
+        )
+    rows, stats = tokenize_examples(tokenizer, examples, config.max_length)
+    train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    train_rows = apply_teacher_weights(train_rows, config.teacher_weights, config.seed)
+    return Prepared(student_path, student_name, teacher_path, teacher_name, tokenizer, stats,
+                    train_rows, eval_rows)
+
+
+def build_trainer(
+    config: TrainConfig, prepared: Prepared, out: Path, callbacks: Sequence[Any] = ()
+) -> Any:
+    """The SFTTrainer (or its distillation variant) for this run, models loaded."""
+    cuda = use_cuda()
+    dtype = train_dtype(config, cuda)
+    common: dict[str, Any] = {
+        "model": load_model(prepared.student_path, config, dtype),
+        "args": sft_config(config, out, bool(prepared.eval_rows), cuda),
+        "train_dataset": to_dataset(prepared.train_rows),
+        "eval_dataset": to_dataset(prepared.eval_rows) if prepared.eval_rows else None,
+        "processing_class": prepared.tokenizer,
+        "peft_config": lora_config(config) if config.lora else None,
+        "callbacks": list(callbacks),
+    }
+    if prepared.teacher_path is None:
+        from trl import SFTTrainer
+
+        return SFTTrainer(**common)
+    from cotdistill.distill import distillation_trainer_class
+
+    return distillation_trainer_class()(
+        **common,
+        teacher_model=load_model(prepared.teacher_path, config, dtype),
+        temperature=config.distill_temperature,
+        alpha=config.distill_alpha,
+    )
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun (RANK is set there), else True."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_train(config: TrainConfig) -> dict[str, Any]:
+    """Train per `config`; writes the model/adapter, train_log.jsonl, manifest.json (last)."""
+    started = time.time()
+    if config.out is None:
+        raise InputError("train needs --out", field="out")
+    if config.merge and not config.lora:
+        print("train: --merge only matters with --lora; a full fine-tune is saved whole")
+    prepared = prepare(config)  # every input check happens before a model is loaded
+    stats, train_rows, eval_rows = prepared.stats, prepared.train_rows, prepared.eval_rows
+    if stats.truncated:
+        print(f"train: {stats.truncated} of {stats.records} records cut to max_length "
+              f"{config.max_length} ({stats.truncated_tokens} tokens dropped)")
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    resume_from = last_checkpoint(out) if config.resume else None
+    log_path = out / TRAIN_LOG
+    if main:
+        (out / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
+        if resume_from is None:
+            log_path.unlink(missing_ok=True)
+        else:
+            trim_log(log_path, int(resume_from.name.split("-")[-1]))
+            print(f"train: resuming from {resume_from}")
+
+    trainer = build_trainer(config, prepared, out, [train_log_callback(log_path)])
+    tokenizer, teacher_name, cuda = prepared.tokenizer, prepared.teacher_name, use_cuda()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    eval_loss = final_eval_loss(trainer) if eval_rows else None
+    outputs = save_outputs(trainer, tokenizer, out, config)
+    if not trainer.is_world_process_zero():
+        return {}  # rank 0 writes the manifest
+
+    train_tokens = _logged_tokens(log_path)
+    train_seconds = result.metrics.get("train_runtime")
+    manifest = write_manifest(
+        out,
+        stage="train",
+        config=config,
+        inputs={str(p): sha256_file(Path(p)) for p in config.data},
+        counts={
+            "records": stats.records,
+            "train_examples": len(train_rows),
+            "eval_examples": len(eval_rows),
+            "by_teacher": stats.by_teacher,
+            "truncated": stats.truncated,
+            "truncated_tokens": stats.truncated_tokens,
+            "tokens": stats.tokens,
+            "completion_tokens": stats.completion_tokens,
+            "steps": trainer.state.global_step,
+        },
+        started=started,
+        extra={
+            "base_model": prepared.student_name,
+            "teacher_model": teacher_name,
+            "mode": "lora" if config.lora else "full",
+            "distillation": teacher_name is not None,
+            "outputs": outputs,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "train_loss": result.metrics.get("train_loss"),
+            "eval_loss": eval_loss,
+            "train_runtime_s": train_seconds,
+            "tokens_per_s": round(train_tokens / train_seconds, 2)
+            if train_tokens and train_seconds else None,
+            "device": "cuda" if cuda else "cpu",
+            "dtype": str(train_dtype(config, cuda)).removeprefix("torch."),
+            "peak_memory_bytes": peak_memory_bytes(cuda),
+        },
+    )
+    print(f"train: {trainer.state.global_step} steps, loss {result.metrics.get('train_loss'):.4f}"
+          + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+          + f" in {time.time() - started:.0f} s -> {out}")
+    return manifest
+
+
+def final_eval_loss(trainer: Any) -> float:
+    """The eval loss at the last step: logged already if an eval fell there, else computed."""
+    step = trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry and entry.get("step") == step:
+            return entry["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def _logged_tokens(log_path: Path) -> float | None:
+    tokens = None
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            tokens = json.loads(line).get("num_tokens", tokens)
+    return tokens
+
+
+def save_outputs(trainer: Any, tokenizer: Any, out: Path, config: TrainConfig) -> dict[str, str]:
+    """Full fine-tune: a model folder in `out`. LoRA: the adapter there, merged in out/merged."""
+    trainer.save_model(str(out))  # every rank takes part (sharded weights are gathered)
+    if not trainer.is_world_process_zero():
+        return {}
+    # The Trainer also pickles its arguments there; the manifest holds the config instead.
+    (out / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(out))
+    if not config.lora:
+        return {"model": str(out)}
+    outputs = {"adapter": str(out)}
+    if config.merge:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(out / "merged"), safe_serialization=True)
+        tokenizer.save_pretrained(str(out / "merged"))
+        outputs["merged"] = str(out / "merged")
+    return outputs

@@ -1,0 +1,326 @@
+"""Answer equivalence with math-verify, in worker processes with a hard per-item time limit.
+
+math-verify's own timeouts use `signal.alarm`, which only works in a process's main thread, and
+even then cannot interrupt a C-level computation (a power tower such as `2^{2^{2^{100}}}` keeps
+sympy busy for minutes). So every pair that needs math-verify runs in a worker process: the
+worker arms its own alarm (soft limit, verdict "timeout"), and the parent kills and replaces a
+worker that has not answered `timeout_s + grace` seconds after it started an item (hard limit,
+also "timeout"). Nothing here can hang the caller.
+
+Plain-number pairs (`"1,234"` vs `"1234.0"`) are decided exactly without math-verify, and
+identical pairs are checked once; both are counted in `VerifyStats`.
+
+    check_answers([("1/2", "0.5"), ("3", "4"), (None, "5")])
+    -> ["correct", "wrong", "unverifiable"]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
+
+Verdict = Literal["correct", "wrong", "timeout", "unverifiable"]
+
+# Seconds a worker may overrun its own alarm before the parent kills it.
+HARD_LIMIT_GRACE_S = 1.0
+# Items sent to a worker at once; results still come back one by one (for the time limit).
+CHUNK = 32
+
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_PLAIN = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+@dataclass
+class VerifyStats:
+    """How the verdicts were reached, so benchmarks can count the fast path honestly."""
+
+    pairs: int = 0
+    unverifiable_missing: int = 0
+    fast_path: int = 0
+    unique_checked: int = 0
+    timeouts: int = 0
+    workers_killed: int = 0
+    seconds: float = 0.0
+    by_verdict: dict[str, int] = field(default_factory=dict)
+
+
+def plain_number(text: str) -> Decimal | None:
+    """The value of a plain decimal number (`-1,234.50`, `$7`, `3.`), else None."""
+    text = text.strip().replace("\u2212", "-").strip("$").strip()
+    text = text.replace("\\$", "").replace("\\,", "").replace("\\!", "")
+    if _THOUSANDS.match(text):
+        text = text.replace(",", "")
+    if not _PLAIN.match(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
+
+
+def answer_key(answer: str) -> str:
+    """A canonical form for grouping equal answers (majority vote, agreement).
+
+    Plain numbers compare by value (`"3.0"` and `"3"` share a key); anything else by its text
+    with whitespace, `$` and `\\left`/`\\right` removed.
+    """
+    value = plain_number(answer)
+    if value is not None:
+        if value == 0:
+            return "0"
+        return format(value.normalize(), "f")
+    text = answer.replace("\\left", "").replace("\\right", "").replace("\\!", "")
+    return re.sub(r"\s+|\$", "", text).rstrip(".")
+
+
+def fast_verdict(gold: str, predicted: str) -> Verdict | None:
+    """Decide without math-verify where that is exact, else None.
+
+    Equal plain numbers are correct; two different integers are wrong. Different decimals go
+    to math-verify (it has its own rounding rules), as does anything that is not a number.
+    """
+    g, p = plain_number(gold), plain_number(predicted)
+    if g is not None and p is not None:
+        if g == p:
+            return "correct"
+        if g == g.to_integral_value() and p == p.to_integral_value():
+            return "wrong"
+        return None
+    if answer_key(gold) == answer_key(predicted):
+        return "correct"
+    return None
+
+
+class _ItemTimeout(BaseException):
+    """The worker's alarm; a BaseException so math-verify's `except Exception` misses it."""
+
+
+def _parse(text: str) -> list[Any]:
+    from math_verify import parse
+
+    # Bare expressions (`x^2+1`) need math delimiters to be read as LaTeX; numbers work either way.
+    delimited = "$" in text.replace("\\$", "") or "\\(" in text or "\\[" in text
+    if not delimited:
+        parsed = parse(f"${text}$", parsing_timeout=None, fallback_mode="no_fallback")
+        if parsed:
+            return parsed
+    return parse(text, parsing_timeout=None, fallback_mode="no_fallback")
+
+
+def verify_one(gold: str, predicted: str, timeout_s: float | None = None) -> Verdict:
+    """math-verify on one pair, gold first; with a timeout, call only from a main thread."""
+    from math_verify import verify
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _ItemTimeout
+
+    previous = None
+    if timeout_s:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        gold_parsed = _parse(gold)
+        pred_parsed = _parse(predicted)
+        if not gold_parsed or not pred_parsed:
+            return "unverifiable"
+        return "correct" if verify(gold_parsed, pred_parsed, timeout_seconds=None) else "wrong"
+    except _ItemTimeout:
+        return "timeout"
+    finally:
+        if timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+def _worker(conn: Connection, timeout_s: float) -> None:
+    """Worker loop: receive chunks of (index, gold, predicted), send back (index, verdict)."""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    while True:
+        try:
+            chunk = conn.recv()
+        except EOFError:
+            return
+        if chunk is None:
+            return
+        for index, gold, predicted in chunk:
+            try:
+                verdict = verify_one(gold, predicted, timeout_s)
+            except Exception:  # an error inside math-verify: the pair cannot be checked
+                verdict = "unverifiable"
+            conn.send((index, verdict))
+
+
+@dataclass
+class _Slot:
+    process: Any
+    conn: Connection
+    chunk: deque[tuple[int, str, str]] = field(default_factory=deque)
+    started: float = 0.0  # when the item at the head of `chunk` began
+
+
+def _context() -> Any:
+    # forkserver: workers fork from a clean helper process that has math-verify imported once,
+    # so they start fast and never inherit threads or engines from the caller (vLLM, tqdm).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["math_verify", "cotdistill.verify"])
+    return ctx
+
+
+def _start(ctx: Any, timeout_s: float, worker: Callable[[Connection, float], None]) -> _Slot:
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=worker, args=(child, timeout_s), daemon=True)
+    process.start()
+    child.close()
+    return _Slot(process, parent)
+
+
+def _stop(slot: _Slot, kill: bool) -> None:
+    if kill:
+        slot.process.kill()
+    else:
+        try:
+            slot.conn.send(None)
+        except (BrokenPipeError, OSError):
+            slot.process.kill()
+    slot.process.join(timeout=5)
+    slot.conn.close()
+
+
+def _verify_in_workers(
+    items: list[tuple[int, str, str]],
+    timeout_s: float,
+    processes: int,
+    stats: VerifyStats,
+    on_result: Callable[[int], None] | None,
+    worker: Callable[[Connection, float], None] = _worker,
+) -> dict[int, Verdict]:
+    """Run items through a pool of workers; a worker stuck past the hard limit is replaced.
+
+    `worker` is the loop each process runs (tests pass one that ignores the alarm).
+    """
+    results: dict[int, Verdict] = {}
+    queue: deque[tuple[int, str, str]] = deque(items)
+    ctx = _context()
+    hard_limit = timeout_s + HARD_LIMIT_GRACE_S
+    count = min(processes, -(-len(items) // CHUNK))
+    slots = [_start(ctx, timeout_s, worker) for _ in range(count)]
+
+    def feed(slot: _Slot) -> None:
+        chunk = [queue.popleft() for _ in range(min(CHUNK, len(queue)))]
+        if chunk:
+            slot.chunk = deque(chunk)
+            slot.started = time.monotonic()
+            slot.conn.send(chunk)
+
+    def finish(slot: _Slot, verdict: Verdict) -> None:
+        index = slot.chunk.popleft()[0]
+        results[index] = verdict
+        slot.started = time.monotonic()
+        if on_result is not None:
+            on_result(index)
+
+    try:
+        for slot in slots:
+            feed(slot)
+        while len(results) < len(items):
+            busy = [s for s in slots if s.chunk]
+            now = time.monotonic()
+            next_deadline = min(s.started + hard_limit for s in busy)
+            ready = wait([s.conn for s in busy], timeout=max(0.0, next_deadline - now))
+            for slot in busy:
+                try:
+                    while slot.chunk and slot.conn in ready and slot.conn.poll():
+                        index, verdict = slot.conn.recv()
+                        if index != slot.chunk[0][0]:
+                            raise RuntimeError("verify worker answered out of order")
+                        finish(slot, verdict)
+                except (EOFError, ConnectionResetError):
+                    # The worker died on this item (out of memory, a crash in C code).
+                    finish(slot, "unverifiable")
+                    queue.extendleft(reversed(slot.chunk))
+                    slot.chunk.clear()
+                    _stop(slot, kill=True)
+                    stats.workers_killed += 1
+                    slots[slots.index(slot)] = slot = _start(ctx, timeout_s, worker)
+                if slot.chunk and time.monotonic() - slot.started > hard_limit:
+                    finish(slot, "timeout")
+                    queue.extendleft(reversed(slot.chunk))
+                    slot.chunk.clear()
+                    _stop(slot, kill=True)
+                    stats.workers_killed += 1
+                    slots[slots.index(slot)] = slot = _start(ctx, timeout_s, worker)
+                if not slot.chunk:
+                    feed(slot)
+    finally:
+        for slot in slots:
+            _stop(slot, kill=bool(slot.chunk))
+    return results
+
+
+def check_answers(
+    pairs: Sequence[tuple[str | None, str | None]],
+    *,
+    timeout_s: float = 5.0,
+    processes: int | None = None,
+    fast_path: bool = True,
+    stats: VerifyStats | None = None,
+    on_result: Callable[[int], None] | None = None,
+) -> list[Verdict]:
+    """Verdict for each (gold, predicted) pair, in order; never hangs.
+
+    A None on either side is "unverifiable"; so is a side math-verify cannot parse. A pair that
+    exceeds `timeout_s` is "timeout". `fast_path=False` sends every pair through math-verify
+    (benchmarks). `on_result(k)` is called as verdicts arrive (progress bars).
+    """
+    started = time.perf_counter()
+    stats = stats if stats is not None else VerifyStats()
+    verdicts: list[Verdict | None] = [None] * len(pairs)
+    unique: dict[tuple[str, str], list[int]] = {}
+    for position, (gold, predicted) in enumerate(pairs):
+        if gold is None or predicted is None or not gold.strip() or not predicted.strip():
+            verdicts[position] = "unverifiable"
+            stats.unverifiable_missing += 1
+            continue
+        if fast_path:
+            quick = fast_verdict(gold, predicted)
+            if quick is not None:
+                verdicts[position] = quick
+                stats.fast_path += 1
+                continue
+        unique.setdefault((gold, predicted), []).append(position)
+    if on_result is not None:
+        on_result(len(pairs) - sum(len(v) for v in unique.values()))
+
+    if unique:
+        keys = list(unique)
+        items = [(i, gold, predicted) for i, (gold, predicted) in enumerate(keys)]
+        workers = processes or os.cpu_count() or 1
+
+        def progress(index: int) -> None:
+            if on_result is not None:
+                on_result(len(unique[keys[index]]))
+
+        found = _verify_in_workers(items, timeout_s, workers, stats, progress)
+        for i, key in enumerate(keys):
+            for position in unique[key]:
+                verdicts[position] = found[i]
+        stats.unique_checked += len(keys)
+
+    done = [v if v is not None else "unverifiable" for v in verdicts]
+    stats.pairs += len(pairs)
+    stats.timeouts += done.count("timeout")
+    for verdict in done:
+        stats.by_verdict[verdict] = stats.by_verdict.get(verdict, 0) + 1
+    stats.seconds += time.perf_counter() - started
+    return done  # type: ignore[return-value]

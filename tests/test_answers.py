@@ -1,0 +1,158 @@
+"""Answer extraction and equivalence: tables of cases, including the known traps."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from cotdistill.answers import extract_answer, extract_gold
+from cotdistill.verify import (
+    VerifyStats,
+    _verify_in_workers,
+    answer_key,
+    check_answers,
+    fast_verdict,
+)
+
+EXTRACT = [
+    # (text, expected answer)
+    ("so the total is \\boxed{42}.", "42"),
+    ("first \\boxed{3}, then corrected: \\boxed{5}", "5"),  # repeated boxed: the last one
+    ("\\boxed{5} ... so again \\boxed{5}", "5"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
+    ("\\boxed{\\frac{\\sqrt{3}}{2}} is it", "\\frac{\\sqrt{3}}{2}"),
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+    ("Step 1: 6*7 = 42\n#### 42", "42"),
+    ("#### 1,234\n\nI hope this helps with your 3 questions!", "1234"),  # text after the answer
+    ("#### $18", "18"),
+    ("The answer is **73**.", "73"),  # markdown emphasis
+    ("**Final Answer:** 19", "19"),
+    ("Final answer: -7", "-7"),
+    ("The answer is 12. Let me know if you have 3 more questions.", "12"),
+    ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("The answer is 3/4.", "3/4"),
+    ("The answer is: Sam has 12 apples.", "12"),
+    ("He paid $1,234.50 in total.", "1234.50"),  # thousands separator and dollar sign
+    ("It is 18 cm long.", "18"),  # units
+    ("The temperature fell to -5 degrees.", "-5"),  # negative
+    ("The answer is \u22124", "-4"),  # unicode minus
+    ("Sam has 8 apples and gets 4 more, so Sam has 12 apples now.", "12"),  # last number
+    ("there is no number here", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), EXTRACT)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_fallback_last_number_can_be_switched_off() -> None:
+    text = "Sam has 12 apples now."
+    assert extract_answer(text, fallback_last_number=True) == "12"
+    assert extract_answer(text, fallback_last_number=False) is None
+    # explicit answers do not depend on the fallback
+    assert extract_answer("The answer is 12.", fallback_last_number=False) == "12"
+
+
+@pytest.mark.parametrize(
+    ("solution", "fmt", "expected"),
+    [
+        ("She has 3 + 4 = 7 apples.\n#### 7", "auto", "7"),
+        ("#### 1,000", "gsm8k", "1000"),
+        ("So $x = \\boxed{\\frac{3}{4}}$.", "auto", "\\frac{3}{4}"),
+        ("42", "raw", "42"),
+    ],
+)
+def test_extract_gold(solution: str, fmt: str, expected: str) -> None:
+    assert extract_gold(solution, fmt) == expected
+
+
+EQUIVALENT = [
+    # (gold, predicted, verdict) -- gold first
+    ("0.5", "\\frac{1}{2}", "correct"),
+    ("\\frac{1}{2}", "0.5", "correct"),
+    ("1/2", "\\frac12", "correct"),
+    ("1234", "1,234", "correct"),
+    ("18", "\\$18", "correct"),
+    ("18", "18 \\text{ cm}", "correct"),
+    ("-5", "\u22125", "correct"),
+    ("5", "5.0", "correct"),
+    ("\\{1,2\\}", "\\{2,1\\}", "correct"),  # sets
+    ("x^2+1", "1+x^2", "correct"),  # expressions
+    ("\\sqrt{2}", "2^{1/2}", "correct"),
+    ("3", "4", "wrong"),
+    ("-5", "5", "wrong"),
+    ("3", "3.0001", "wrong"),
+    ("0.333", "\\frac{1}{3}", "wrong"),
+    (None, "5", "unverifiable"),
+    ("5", None, "unverifiable"),
+]
+
+
+def test_equivalence_table() -> None:
+    pairs = [(g, p) for g, p, _ in EQUIVALENT]
+    got = check_answers(pairs, timeout_s=5)
+    assert got == [v for _, _, v in EQUIVALENT]
+
+
+def test_math_verify_decides_without_the_fast_path() -> None:
+    # The same table through math-verify alone: the fast path must not change a verdict.
+    rows = [r for r in EQUIVALENT if r[0] is not None and r[1] is not None]
+    stats = VerifyStats()
+    got = check_answers([(g, p) for g, p, _ in rows], fast_path=False, stats=stats)
+    assert got == [v for _, _, v in rows]
+    assert stats.fast_path == 0 and stats.unique_checked == len(rows)
+
+
+def test_fast_path_is_exact_and_counted() -> None:
+    assert fast_verdict("1,234", "1234.0") == "correct"
+    assert fast_verdict("12", "13") == "wrong"
+    assert fast_verdict("0.333", "0.3333") is None  # decimals: math-verify decides
+    assert fast_verdict("\\frac{1}{2}", "0.5") is None
+    assert answer_key("3.0") == answer_key("3") == answer_key("$3$")
+    assert answer_key("10") == "10"
+    stats = VerifyStats()
+    assert check_answers([("7", "7"), ("7", "8"), ("7", "7")], stats=stats) == [
+        "correct", "wrong", "correct"]
+    assert stats.fast_path == 3 and stats.unique_checked == 0
+
+
+def test_identical_pairs_are_checked_once() -> None:
+    stats = VerifyStats()
+    got = check_answers([("\\frac{1}{2}", "0.5")] * 5, stats=stats)
+    assert got == ["correct"] * 5
+    assert stats.unique_checked == 1
+
+
+def test_power_tower_is_cut_off() -> None:
+    start = time.monotonic()
+    got = check_answers(
+        [("2^{2^{2^{2^{2^{100}}}}}", "5"), ("7", "\\frac{14}{2}")], timeout_s=1.0
+    )
+    assert got == ["timeout", "correct"]
+    assert time.monotonic() - start < 30
+
+
+def _stuck_worker(conn, timeout_s):  # noqa: ANN001 - runs in a worker process
+    """A worker that ignores its alarm and never answers item 0 (a C-level hang)."""
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    chunk = conn.recv()
+    for index, _, _ in chunk:
+        if index == 0:
+            time.sleep(3600)
+        conn.send((index, "correct"))
+    while (chunk := conn.recv()) is not None:
+        for index, _, _ in chunk:
+            conn.send((index, "correct"))
+
+
+def test_parent_kills_a_worker_past_the_hard_limit() -> None:
+    stats = VerifyStats()
+    items = [(0, "a", "b"), (1, "c", "d"), (2, "e", "f")]
+    start = time.monotonic()
+    got = _verify_in_workers(items, 0.5, 1, stats, None, worker=_stuck_worker)
+    assert got == {0: "timeout", 1: "correct", 2: "correct"}
+    assert stats.workers_killed == 1
+    assert time.monotonic() - start < 20

@@ -1,0 +1,335 @@
+"""The openai backend: retry, timeout and concurrency against a local stub server, then the
+whole generate stage against a real vLLM OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cotdistill.backends.openai_backend import OpenAIBackend
+from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.records import Message
+
+CONVERSATION = [Message(role="user", content="What is 2 + 3?")]
+
+
+def chat_completion(n: int = 1) -> dict:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": f"2 + 3 = 5 ({i})"},
+            "finish_reason": "stop" if i == 0 else "length",
+            "logprobs": {"content": [
+                {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
+                for t, lp in [("2", -0.5), (" +", -1.0), (" 3", -1.5)]
+            ]},
+        }
+        for i in reversed(range(n))  # out of order on purpose: the backend sorts by index
+    ]
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "stub-model",
+            "choices": choices}
+
+
+class Stub:
+    """A scripted OpenAI-compatible server: `reply(request_number, body) -> (status, payload)`."""
+
+    def __init__(self, reply: Callable[[int, dict], tuple[int, dict]], delay: float = 0.0):
+        self.reply = reply
+        self.delay = delay
+        self.requests: list[tuple[float, str, dict, dict]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _headers(self) -> dict[str, str]:
+                return {k.lower(): v for k, v in self.headers.items()}
+
+            def do_GET(self) -> None:
+                stub.requests.append((time.monotonic(), self.path, {}, self._headers()))
+                self._answer(200, {"object": "list", "data": [
+                    {"id": "stub-model", "object": "model", "created": 0, "owned_by": "me"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub.lock:
+                    stub.requests.append((time.monotonic(), self.path, body, self._headers()))
+                    number = len(stub.requests)
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    time.sleep(stub.delay)
+                    status, payload = stub.reply(number, body)
+                    self._answer(status, payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def posts(self) -> list[tuple[float, str, dict, dict]]:
+        return [r for r in self.requests if r[1].endswith("/chat/completions")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub_factory() -> Iterator[Callable[..., Stub]]:
+    made: list[Stub] = []
+
+    def make(reply, delay: float = 0.0) -> Stub:
+        made.append(Stub(reply, delay))
+        return made[-1]
+
+    yield make
+    for stub in made:
+        stub.close()
+
+
+def engine(url: str, **values) -> EngineConfig:
+    return EngineConfig(backend="openai", base_url=url, **values)
+
+
+def test_503_twice_then_success_is_retried_with_backoff(
+    stub_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STUB_KEY", "secret-123")
+    stub = stub_factory(lambda number, body: (503, {"error": "busy"}) if number <= 2
+                        else (200, chat_completion(body["n"])))
+    backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=3, api_key_env="STUB_KEY"))
+    sampling = SamplingConfig(n=2, temperature=0.4, top_p=0.9, max_tokens=20, stop=["\n\n"],
+                              logprobs=2)
+    [[first, second]] = backend.generate([CONVERSATION], sampling)
+
+    posts = stub.posts()
+    assert len(posts) == 3
+    gaps = [b[0] - a[0] for a, b in zip(posts, posts[1:], strict=False)]
+    # Backoff 0.5 s * 2**attempt, jittered by a factor 0.5 to 1.5.
+    assert gaps[0] >= 0.25 and gaps[1] >= 0.5
+    body = posts[-1][2]
+    assert body["model"] == "stub-model"
+    assert body["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    assert (body["n"], body["temperature"], body["top_p"], body["max_tokens"]) == (2, 0.4, 0.9, 20)
+    assert body["stop"] == ["\n\n"]
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+    assert posts[-1][3]["authorization"] == "Bearer secret-123"
+
+    assert (first.text, first.finish_reason) == ("2 + 3 = 5 (0)", "stop")
+    assert (second.text, second.finish_reason) == ("2 + 3 = 5 (1)", "length")
+    assert first.token_logprobs == [-0.5, -1.0, -1.5] and first.num_tokens == 3
+
+
+def test_client_errors_are_not_retried(stub_factory) -> None:
+    import openai
+
+    stub = stub_factory(lambda number, body: (400, {"error": {"message": "bad request"}}))
+    backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=3))
+    with pytest.raises(openai.BadRequestError):
+        backend.generate([CONVERSATION], SamplingConfig())
+    assert len(stub.posts()) == 1
+
+
+def test_retries_give_up_after_max_retries(stub_factory) -> None:
+    import openai
+
+    stub = stub_factory(lambda number, body: (500, {"error": "down"}))
+    backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=1))
+    with pytest.raises(openai.InternalServerError):
+        backend.generate([CONVERSATION], SamplingConfig())
+    assert len(stub.posts()) == 2
+
+
+def test_per_request_timeout_is_retried_then_raised(stub_factory) -> None:
+    import openai
+
+    stub = stub_factory(lambda number, body: (200, chat_completion()), delay=3.0)
+    backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=1, request_timeout=0.3))
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        backend.generate([CONVERSATION], SamplingConfig())
+    assert time.monotonic() - started < 2.5  # did not wait for the slow answers
+    assert len(stub.posts()) == 2
+
+
+def test_connection_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import openai
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = OpenAIBackend("m", engine(f"http://127.0.0.1:{port}/v1", max_retries=1))
+    attempts = []
+    real = backend._client
+
+    def counting_client():
+        client = real()
+        create = client.chat.completions.create
+
+        async def counted(*args, **kwargs):
+            attempts.append(1)
+            return await create(*args, **kwargs)
+
+        client.chat.completions.create = counted
+        return client
+
+    monkeypatch.setattr(backend, "_client", counting_client)
+    with pytest.raises(openai.APIConnectionError):
+        backend.generate([CONVERSATION], SamplingConfig())
+    assert len(attempts) == 2
+
+
+def test_requests_run_concurrently_under_the_limit(stub_factory) -> None:
+    stub = stub_factory(lambda number, body: (200, chat_completion()), delay=0.2)
+    backend = OpenAIBackend("stub-model", engine(stub.url, concurrency=3))
+    conversations = [[Message(role="user", content=f"q{i}")] for i in range(9)]
+    started = time.monotonic()
+    results = backend.generate(conversations, SamplingConfig())
+    assert len(results) == 9 and all(len(r) == 1 for r in results)
+    assert stub.max_in_flight == 3
+    assert time.monotonic() - started < 9 * 0.2  # faster than one at a time
+
+
+def test_results_follow_the_order_of_the_conversations(stub_factory) -> None:
+    def reply(number, body):
+        answer = chat_completion()
+        answer["choices"][0]["message"]["content"] = body["messages"][0]["content"]
+        return 200, answer
+
+    stub = stub_factory(reply, delay=0.05)
+    backend = OpenAIBackend("stub-model", engine(stub.url, concurrency=4))
+    conversations = [[Message(role="user", content=f"q{i}")] for i in range(8)]
+    results = backend.generate(conversations, SamplingConfig())
+    assert [r[0].text for r in results] == [f"q{i}" for i in range(8)]
+
+
+def test_model_name_comes_from_the_server_when_not_given(stub_factory) -> None:
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    assert OpenAIBackend(None, engine(stub.url)).model == "stub-model"
+    assert stub.requests[0][1] == "/v1/models"
+
+
+def test_generate_stage_over_the_stub(stub_factory, tmp_path: Path) -> None:
+    from cotdistill.generate import run_generate
+
+    stub = stub_factory(lambda number, body: (200, chat_completion(body["n"])))
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    cfg = GenerateConfig(problems=problems, out=tmp_path / "out", backend="openai",
+                         base_url=stub.url, n=2)
+    run_generate(cfg)
+    traces = [json.loads(x) for x in (cfg.out / "traces.jsonl").read_text().splitlines()]
+    assert [t["sample_index"] for t in traces] == [0, 1]
+    assert traces[0]["teacher"] == "stub-model"
+    assert traces[0]["mean_logprob"] == pytest.approx(-1.0) and traces[0]["min_logprob"] == -1.5
+
+
+# --- a real vLLM server ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+             str(tiny_model), "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+             "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--seed", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not ready in 240 s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        # The server runs in its own session: signal the group, engine core process included.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.vllm
+@pytest.mark.server
+def test_generate_against_a_real_vllm_server(
+    vllm_server: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    from cotdistill.generate import run_generate
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(
+        json.dumps({"question": f"Sam has {i} cards and gets 3 more.", "answer": str(i + 3)})
+        + "\n" for i in range(4)
+    ))
+    cfg = GenerateConfig(problems=problems, out=tmp_path / "out", backend="openai",
+                         base_url=vllm_server, n=2, max_tokens=12, temperature=1.0,
+                         concurrency=2, prompt_template="plain")
+    manifest = run_generate(cfg)
+    traces = [json.loads(x) for x in (cfg.out / "traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 8
+    by_problem: dict[str, list[int]] = {}
+    for trace in traces:
+        by_problem.setdefault(trace["problem_id"], []).append(trace["sample_index"])
+    assert len(by_problem) == 4 and all(v == [0, 1] for v in by_problem.values())
+    for trace in traces:
+        assert trace["teacher"] == str(tiny_model)  # the name the server gives its model
+        assert trace["finish_reason"] in {"stop", "length"}
+        logprobs = trace["token_logprobs"]
+        assert 0 < trace["num_tokens"] == len(logprobs) <= 12
+        assert all(x <= 0 and math.isfinite(x) for x in logprobs)
+        assert trace["mean_logprob"] == pytest.approx(sum(logprobs) / len(logprobs))
+        assert trace["min_logprob"] == min(logprobs)
+    assert manifest["counts"]["samples"] == 8 and manifest["counts"]["problems"] == 4

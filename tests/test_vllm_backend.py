@@ -1,0 +1,135 @@
+"""The vLLM backend: config conversion (no engine), then a real CPU engine on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cotdistill.backends.vllm_backend import engine_kwargs
+from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.records import Message
+
+
+def test_engine_kwargs_pass_every_engine_setting() -> None:
+    engine = EngineConfig(
+        tensor_parallel_size=2, data_parallel_size=4, dtype="bfloat16", max_model_len=2048,
+        gpu_memory_utilization=0.5, enforce_eager=False, seed=123, trust_remote_code=True,
+    )
+    assert engine_kwargs("/models/m", engine) == {
+        "model": "/models/m",
+        "tensor_parallel_size": 2,
+        "data_parallel_size": 4,
+        "dtype": "bfloat16",
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.5,
+        "enforce_eager": False,
+        "seed": 123,
+        "trust_remote_code": True,
+    }
+
+
+def test_engine_kwargs_defaults_suit_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cotdistill.backends.vllm_backend.has_cuda", lambda: False)
+    kwargs = engine_kwargs("m", EngineConfig())
+    assert kwargs["gpu_memory_utilization"] == 0.3  # vLLM's GPU default refuses to start on CPU
+    assert kwargs["enforce_eager"] is True and kwargs["trust_remote_code"] is False
+    assert "max_model_len" not in kwargs and "data_parallel_size" not in kwargs
+    monkeypatch.setattr("cotdistill.backends.vllm_backend.has_cuda", lambda: True)
+    assert engine_kwargs("m", EngineConfig())["gpu_memory_utilization"] == 0.9
+
+
+def test_sampling_params_conversion() -> None:
+    from cotdistill.backends.vllm_backend import sampling_params
+
+    params = sampling_params(
+        SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=33, n=3, stop=["\n\n"], logprobs=2)
+    )
+    assert (params.n, params.temperature, params.top_p, params.max_tokens) == (3, 0.7, 0.9, 33)
+    assert params.stop == ["\n\n"] and params.logprobs == 2
+    assert params.seed is None  # per-request seeds kill vLLM's CPU engine
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model: Path):
+    from cotdistill.backends.vllm_backend import VLLMBackend
+
+    engine = EngineConfig(gpu_memory_utilization=0.1, enforce_eager=True, max_model_len=512,
+                          seed=0)
+    backend = VLLMBackend(str(tiny_model), engine)
+    yield backend
+    backend.close()
+
+
+@pytest.mark.vllm
+def test_generate_with_the_real_engine(backend, tiny_model: Path, tmp_path: Path) -> None:
+    from cotdistill.generate import run_generate
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(
+        json.dumps({"id": f"p{i}", "question": f"Tom has {i} apples and gets 2 more.",
+                    "answer": f"#### {i + 2}"}) + "\n"
+        for i in range(3)
+    ))
+    cfg = GenerateConfig(problems=problems, out=tmp_path / "out", n=2, max_tokens=12,
+                         temperature=1.0, teacher=str(tiny_model), prompt_template="plain")
+    manifest = run_generate(cfg, backend=backend)
+
+    traces = [json.loads(x) for x in (cfg.out / "traces.jsonl").read_text().splitlines()]
+    assert [(t["problem_id"], t["sample_index"]) for t in traces] == [
+        (f"p{i}", k) for i in range(3) for k in range(2)
+    ]
+    for trace in traces:
+        logprobs = trace["token_logprobs"]
+        assert trace["finish_reason"] in {"stop", "length"}
+        assert 0 < trace["num_tokens"] <= 12
+        assert len(logprobs) == trace["num_tokens"]
+        assert all(x <= 0 and math.isfinite(x) for x in logprobs)
+        assert trace["mean_logprob"] == pytest.approx(sum(logprobs) / len(logprobs))
+        assert trace["min_logprob"] == min(logprobs)
+        assert trace["teacher"] == str(tiny_model)
+    # A random model rarely stops early: most samples use the whole budget.
+    assert any(t["finish_reason"] == "length" for t in traces)
+    # Two samples at T=1 from a random model over a 512-token vocabulary differ.
+    assert traces[0]["completion"] != traces[1]["completion"]
+    assert manifest["counts"]["samples"] == 6
+    assert manifest["counts"]["output_tokens"] == sum(t["num_tokens"] for t in traces)
+    assert manifest["output_tokens_per_s"] > 0
+    assert (cfg.out / "manifest.json").exists()
+
+
+@pytest.mark.vllm
+def test_greedy_samples_agree_and_stop_strings_apply(backend) -> None:
+    conversation = [Message(role="user", content="What is 2 + 3?")]
+    greedy = SamplingConfig(temperature=0.0, max_tokens=10, n=1)
+    [[first], [second]] = backend.generate([conversation, conversation], greedy)
+    assert first.text == second.text and first.token_logprobs == second.token_logprobs
+
+    # Stop at a piece of the greedy continuation: the same text comes back, cut before it.
+    text = first.text
+    stop = next(text[i : i + 2] for i in range(1, len(text) - 1) if text[i : i + 2].strip())
+    [[cut]] = backend.generate(
+        [conversation], SamplingConfig(temperature=0.0, max_tokens=10, n=1, stop=[stop])
+    )
+    assert cut.finish_reason == "stop"
+    assert cut.text == text[: text.index(stop)]
+    assert cut.num_tokens <= first.num_tokens
+
+
+@pytest.mark.vllm
+def test_close_stops_the_engine_processes(backend) -> None:
+    # Runs last in this module: it shuts the shared engine down.
+    import psutil
+
+    me = psutil.Process()
+    # multiprocessing's resource tracker lives as long as this process; it is not the engine's.
+    before = [p for p in me.children(recursive=True)
+              if "resource_tracker" not in " ".join(p.cmdline())]
+    assert before  # the engine core runs in its own process
+    backend.close()
+    gone, alive = psutil.wait_procs(before, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not hasattr(backend, "llm")
+    backend.close()  # a second close is harmless
