@@ -122,12 +122,12 @@ def engine(url: str, **values) -> EngineConfig:
     return EngineConfig(backend="openai", base_url=url, **values)
 
 
-def test_503_twice_then_success_is_retried_with_backoff(
+def test_503_then_429_then_success_is_retried_with_backoff(
     stub_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STUB_KEY", "secret-123")
-    stub = stub_factory(lambda number, body: (503, {"error": "busy"}) if number <= 2
-                        else (200, chat_completion(body["n"])))
+    script = {1: (503, {"error": "busy"}), 2: (429, {"error": "slow down"})}
+    stub = stub_factory(lambda number, body: script.get(number, (200, chat_completion(body["n"]))))
     backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=3, api_key_env="STUB_KEY"))
     sampling = SamplingConfig(n=2, temperature=0.4, top_p=0.9, max_tokens=20, stop=["\n\n"],
                               logprobs=2)
@@ -149,6 +149,20 @@ def test_503_twice_then_success_is_retried_with_backoff(
     assert (first.text, first.finish_reason) == ("2 + 3 = 5 (0)", "stop")
     assert (second.text, second.finish_reason) == ("2 + 3 = 5 (1)", "length")
     assert first.token_logprobs == [-0.5, -1.0, -1.5] and first.num_tokens == 3
+
+
+def test_token_count_from_usage_when_the_server_sends_no_logprobs(stub_factory) -> None:
+    def reply(number, body):
+        answer = chat_completion()
+        answer["choices"][0]["logprobs"] = None
+        answer["usage"] = {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}
+        return 200, answer
+
+    stub = stub_factory(reply)
+    [[completion]] = OpenAIBackend("stub-model", engine(stub.url)).generate(
+        [CONVERSATION], SamplingConfig()
+    )
+    assert completion.token_logprobs is None and completion.num_tokens == 7
 
 
 def test_client_errors_are_not_retried(stub_factory) -> None:

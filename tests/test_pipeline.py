@@ -273,3 +273,72 @@ def test_shipped_configs_validate(name: str) -> None:
     }), path).steps
     assert steps[0].kind == "generate" and steps[-1].kind == "evaluate"
     assert any(s.kind == "control_data" for s in steps)
+
+
+# --- the real filter, student init and training on tiny models (generation and evaluation
+# --- through the fake backend, so no engine starts) ---------------------------------------------
+
+
+def half_right(question: str, index: int) -> str:
+    """Sample 0 adds the numbers (right for these problems), sample 1 is off by one."""
+    import re
+
+    numbers = [int(x) for x in re.findall(r"\d+", question)]
+    total = sum(numbers) + index
+    return f"{numbers[0]} + {numbers[1]} = {total}. The answer is {total}."
+
+
+@pytest.mark.train
+def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -> None:
+    from cotdistill.backends.fake import FakeBackend
+    from cotdistill.evaluate import run_evaluate
+    from cotdistill.generate import run_generate
+    from cotdistill.pipeline import default_stages
+
+    data = ROOT / "data" / "word_problems"
+    config = PipelineConfig.model_validate({
+        "out": tmp_path / "run", "teacher": str(tiny_teacher),
+        "problems": data / "train.jsonl", "eval_problems": data / "test.jsonl",
+        "generate": {"prompt_template": "plain", "limit": 6, "n": 2, "max_tokens": 32},
+        "students": [
+            {"name": "self", "train": {"max_steps": 2, "batch_size": 2, "save_steps": 1}},
+            {"name": "cut", "init": {"keep_every": 2},
+             "train": {"max_steps": 2, "batch_size": 2}},
+        ],
+        "control": "unfiltered",
+        "evaluate": {"limit": 4, "temperature": 0.0, "bootstrap_resamples": 50},
+    })
+    calls: list[str] = []
+    real = default_stages()
+
+    def counted(name: str, function: Any) -> Any:
+        def call(stage_config: Any) -> Any:
+            calls.append(name)
+            return function(stage_config)
+        return call
+
+    stages = Stages(
+        generate=counted("generate", lambda c: run_generate(c, FakeBackend(responder=half_right))),
+        filter=counted("filter", real.filter),
+        student_init=counted("student_init", real.student_init),
+        train=counted("train", real.train),
+        control_data=counted("control_data", real.control_data),
+        evaluate=counted("evaluate", lambda c: run_evaluate(c, lambda path: FakeBackend(path))),
+    )
+    run_pipeline(config, stages)
+    assert calls == ["generate", "filter", "train", "student_init", "train", "control_data",
+                     "train", "evaluate"]
+    run = tmp_path / "run"
+    kept = (run / "filter" / "sft.jsonl").read_text().splitlines()
+    control = (run / "control" / "self-unfiltered" / "data" / "sft.jsonl").read_text()
+    assert len(kept) == 6 and len(control.splitlines()) == 6
+    summary = json.loads((run / "evaluate" / "summary.json").read_text())
+    assert list(summary["models"]) == ["teacher", "self", "cut", "self-unfiltered"]
+    assert set(summary["retention"]) == {"self", "cut", "self-unfiltered"}
+    cut = json.loads((run / "students" / "cut" / "model" / "config.json").read_text())
+    assert cut["num_hidden_layers"] == 2
+    assert "## Evaluation" in (run / "report.md").read_text()
+
+    calls.clear()
+    run_pipeline(config, stages)
+    assert calls == []

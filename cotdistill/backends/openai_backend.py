@@ -98,10 +98,17 @@ class OpenAIBackend:
                 top_logprobs=max(sampling.logprobs, 0),
             )
         completions = []
+        usage = getattr(response, "usage", None)
         for choice in sorted(response.choices, key=lambda c: c.index):
             content = choice.logprobs.content if choice.logprobs is not None else None
             logprobs = [float(t.logprob) for t in content] if content is not None else None
-            num_tokens = len(logprobs) if logprobs is not None else 0
+            if logprobs is not None:
+                num_tokens = len(logprobs)
+            elif usage is not None and len(response.choices) == 1:
+                # A server that ignores `logprobs` still reports the token count in `usage`.
+                num_tokens = usage.completion_tokens
+            else:
+                num_tokens = 0
             completions.append(
                 Completion(
                     text=choice.message.content or "",
