@@ -42,12 +42,21 @@ from cotdistill.metrics import (
 )
 from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
 from cotdistill.prompts import PromptTemplate, load_template
-from cotdistill.records import Problem, Record, sha256_file, write_jsonl, write_manifest
+from cotdistill.records import (
+    Problem,
+    Record,
+    read_jsonl,
+    sha256_file,
+    sha256_text,
+    write_jsonl,
+    write_manifest,
+)
 from cotdistill.verify import answer_key
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.md"
+PER_MODEL = "models"  # per-model samples, reused while model, problems and settings match
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 # Checks (gold, prediction) pairs; returns "correct" / "wrong" / "timeout" / "unverifiable".
@@ -322,11 +331,12 @@ def adapter_base(adapter: Path) -> str:
     return str(base)
 
 
-def adapter_hash(adapter: Path) -> str:
-    """Hash of the adapter's own files (sub-folders such as checkpoints are not part of it)."""
-    from cotdistill.records import sha256_text
-
-    parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(adapter.iterdir()) if p.is_file()]
+def folder_hash(folder: Path) -> str:
+    """Hash of a model folder's own files; sub-folders (checkpoints) and manifests are not
+    part of the model, so a finished training run hashes the same whatever it left beside."""
+    skip = ("manifest.json", "pipeline.json", "train_log.jsonl")
+    parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(folder.iterdir())
+             if p.is_file() and p.name not in skip]
     return sha256_text("\n".join(parts))
 
 
@@ -338,7 +348,7 @@ def merge_adapter(adapter: Path, trust_remote_code: bool = False) -> Path:
     """
     from cotdistill.models import cache_dir, resolve_model
 
-    target = cache_dir() / "merged" / adapter_hash(adapter)[:16]
+    target = cache_dir() / "merged" / folder_hash(adapter)[:16]
     if (target / "config.json").exists():
         return target
     from peft import PeftModel
@@ -588,6 +598,10 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
+        "tok/s and s/problem: generation time of the whole batch (engine start excluded) over "
+        "output tokens and problems. Peak memory: resident memory of this process and its "
+        "children (the engine, with its KV cache reservation) while the model was loaded.",
+        "",
         "## Calibration",
         "",
         "Confidence = exp(mean token logprob) of a sample; ECE over "
@@ -601,6 +615,12 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
         lines.append(
             f"| {name} | {_fmt(m['ece'])} | {m['calibration_samples']} / {m['samples']} | "
             f"{verdicts} |"
+        )
+    cached = [name for name, m in models.items() if m.get("cached")]
+    if cached:
+        lines.append(
+            f"\nSamples, timings and memory of {', '.join(cached)} come from an earlier run "
+            "with the same model files, problems and settings."
         )
     for name, m in models.items():
         if m.get("adapter"):
@@ -641,16 +661,50 @@ def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
     return problems
 
 
-def model_inputs(sources: Sequence[ModelSource]) -> dict[str, str]:
-    """Hashes of local model folders (hub ids have none), for the manifest and for reuse."""
-    inputs = {}
-    for source in sources:
-        folder = Path(source.adapter or source.path)
-        if folder.exists():
-            inputs[str(folder)] = (
-                adapter_hash(folder) if source.adapter else sha256_file(folder)
-            )
-    return inputs
+def model_hash(source: ModelSource) -> str:
+    """A local folder by its files; a hub id (or served model name) by its name."""
+    folder = Path(source.adapter or source.path)
+    return folder_hash(folder) if folder.is_dir() else f"name:{source.path}"
+
+
+# Settings that do not change what a model generates or how a sample is scored.
+_NOT_SAMPLE_SETTINGS = {
+    "model", "out", "reference", "batch_size", "bootstrap_resamples", "bootstrap_seed",
+    "confidence", "calibration_bins",
+}
+
+
+def sample_key(config: EvaluateConfig, source: ModelSource, problems_hash: str,
+               template: PromptTemplate) -> str:
+    """Identity of one model's samples: the model's files, the problems, prompt and sampling."""
+    settings = config.model_dump(mode="json", exclude=_NOT_SAMPLE_SETTINGS)
+    return sha256_text(json.dumps(
+        {"settings": settings, "problems": problems_hash, "template": template.hash,
+         "model": model_hash(source)}, sort_keys=True,
+    ))
+
+
+def load_cached(folder: Path, name: str, key: str) -> ModelRun | None:
+    """A model's samples from an earlier run with the same key (its .json is written last)."""
+    meta_path, samples_path = folder / f"{name}.json", folder / f"{name}.jsonl"
+    if not meta_path.exists() or not samples_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("key") != key:
+        return None
+    samples = list(read_jsonl(samples_path, EvalSample))
+    return ModelRun(samples, meta["generation_s"], meta["load_s"], meta["peak_memory_mb"],
+                    {**meta["extra"], "cached": True})
+
+
+def save_cached(folder: Path, name: str, key: str, run: ModelRun) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / f"{name}.jsonl", run.samples)
+    meta = {"key": key, "generation_s": run.generation_s, "load_s": run.load_s,
+            "peak_memory_mb": run.peak_memory_mb, "extra": run.extra}
+    tmp = folder / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(folder / f"{name}.json")
 
 
 def run_evaluate(
@@ -676,13 +730,22 @@ def run_evaluate(
     factory = backend_factory or (lambda path: make_backend(config.backend, path, config))
     verify = verify or default_verifier(config.verify_timeout_s)
 
+    problems_hash = sha256_file(Path(config.problems))
+    keys = {s.name: sample_key(config, s, problems_hash, template) for s in sources}
     runs: dict[str, ModelRun] = {}
     for source in sources:
-        runs[source.name] = run_model(source, problems, template, config, factory, verify)
-        acc = sum(s.correct for s in runs[source.name].samples) / len(
-            runs[source.name].samples
-        )
-        print(f"evaluate: {source.name} accuracy {acc:.3f}")
+        # A model scored before with the same files, problems and settings is not run again,
+        # so an interrupted evaluation resumes at the next model.
+        cached = load_cached(out / PER_MODEL, source.name, keys[source.name])
+        if cached is not None:
+            runs[source.name] = cached
+            print(f"evaluate: {source.name}: reusing its samples (same model and settings)")
+        else:
+            runs[source.name] = run_model(source, problems, template, config, factory, verify)
+            save_cached(out / PER_MODEL, source.name, keys[source.name], runs[source.name])
+        samples = runs[source.name].samples
+        accuracy = sum(s.correct for s in samples) / len(samples)
+        print(f"evaluate: {source.name} accuracy {accuracy:.3f}")
 
     write_jsonl(out / RESULTS, (s for run in runs.values() for s in run.samples))
     summary: dict[str, Any] = {
@@ -706,8 +769,8 @@ def run_evaluate(
         out,
         stage="evaluate",
         config=config,
-        inputs={str(config.problems): sha256_file(Path(config.problems)),
-                **model_inputs(sources)},
+        inputs={str(config.problems): problems_hash,
+                **{s.spec: model_hash(s) for s in sources}},
         counts={"problems": len(problems), "models": len(runs),
                 "samples": sum(len(r.samples) for r in runs.values())},
         started=started,

@@ -185,6 +185,30 @@ def test_evaluate_hand_made_case(tmp_path: Path, problems_file: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
 
 
+def test_models_scored_before_are_reused(tmp_path: Path, problems_file: Path) -> None:
+    config = EvaluateConfig(
+        problems=problems_file, out=tmp_path / "eval", model=["teacher=teacher", "student=student"],
+        n=2, prompt_template="plain", bootstrap_resamples=100,
+    )
+    logprobs = {"teacher": -0.1, "student": -1.0}
+    run_evaluate(config, fake_factory(logprobs, []))
+    first = json.loads((tmp_path / "eval" / "summary.json").read_text())
+
+    # Interval settings do not change any sample: nothing is generated again.
+    built: list[str] = []
+    run_evaluate(config.model_copy(update={"bootstrap_resamples": 200}),
+                 fake_factory(logprobs, built))
+    assert built == []
+    again = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert again["models"]["student"]["accuracy"] == first["models"]["student"]["accuracy"]
+    assert again["models"]["student"]["cached"] is True
+    assert "come from an earlier run" in (tmp_path / "eval" / "report.md").read_text()
+
+    # Sampling settings do: both models run again.
+    run_evaluate(config.model_copy(update={"temperature": 0.5}), fake_factory(logprobs, built))
+    assert built == ["teacher", "student"]
+
+
 def test_truncated_outputs_are_counted(tmp_path: Path, problems_file: Path) -> None:
     config = EvaluateConfig(
         problems=problems_file, out=tmp_path / "eval", model=["teacher=x"], n=1, max_tokens=3,
