@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from cotdistill.backends import Backend, Completion, make_backend
+from cotdistill.backends import Backend, Completion, Progress, make_backend
 from cotdistill.config import GenerateConfig, SamplingConfig
 from cotdistill.errors import InputError
 from cotdistill.problems import ProblemFields, in_shard, load_problems, parse_shard
@@ -95,12 +95,19 @@ def sample_traces(
     teacher: str,
     batch_size: int = 256,
     seed: int | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[list[Trace]]:
-    """Yield the traces of each batch of problems (n per problem, in problem order)."""
+    """Yield the traces of each batch of problems (n per problem, in problem order).
+
+    `progress(k)` is called as samples finish inside a batch, for a live progress bar.
+    """
     record = sampling_record(sampling, seed)
     for batch in batched(problems, batch_size):
         conversations = [template.render(p.question) for p in batch]
-        results = backend.generate(conversations, sampling)
+        if progress is None:
+            results = backend.generate(conversations, sampling)
+        else:
+            results = backend.generate(conversations, sampling, progress=progress)
         traces = []
         for problem, messages, completions in zip(batch, conversations, results, strict=True):
             if len(completions) != sampling.n:
@@ -275,12 +282,12 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
         with open(path, "a", encoding="utf-8") as fh:
             tick = time.time()
             for traces in sample_traces(
-                todo, template, backend, config, teacher, config.batch_size, config.seed
+                todo, template, backend, config, teacher, config.batch_size, config.seed,
+                progress=bar.update,
             ):
                 append_durably(fh, (dump_line(t) for t in traces))
                 gen_seconds += time.time() - tick
                 new_tokens += sum(t.num_tokens for t in traces)
-                bar.update(len(traces))
                 bar.set_postfix(tok_s=f"{new_tokens / max(gen_seconds, 1e-9):.1f}")
                 tick = time.time()
     finally:

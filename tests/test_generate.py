@@ -143,7 +143,7 @@ def test_a_backend_passed_in_is_left_open_for_the_caller(tmp_path: Path) -> None
 
 def test_backend_returning_wrong_sample_count_is_an_error(tmp_path: Path) -> None:
     class Short(FakeBackend):
-        def generate(self, conversations, sampling):
+        def generate(self, conversations, sampling, progress=None):
             return [samples[:1] for samples in super().generate(conversations, sampling)]
 
     with pytest.raises(RuntimeError, match="returned 1 samples"):

@@ -119,6 +119,18 @@ def test_greedy_samples_agree_and_stop_strings_apply(backend) -> None:
 
 
 @pytest.mark.vllm
+def test_progress_is_reported_per_finished_request(backend) -> None:
+    conversations = [[Message(role="user", content=f"What is {i} + 3?")] for i in range(3)]
+    calls: list[int] = []
+    results = backend.generate(
+        conversations, SamplingConfig(max_tokens=8, n=2), progress=calls.append
+    )
+    assert len(results) == 3
+    # One call per finished request, each with that request's samples: a live bar, not a jump.
+    assert calls == [2, 2, 2]
+
+
+@pytest.mark.vllm
 def test_close_stops_the_engine_processes(backend) -> None:
     # Runs last in this module: it shuts the shared engine down.
     import psutil

@@ -1,7 +1,8 @@
 """Generation backends: conversations in, completions with token logprobs out.
 
 A backend is anything with `generate(conversations, sampling) -> list[list[Completion]]`
-(one inner list of `sampling.n` completions per conversation) and `close()`. They are built by
+(one inner list of `sampling.n` completions per conversation; `progress(k)` is called as
+requests finish) and `close()`. They are built by
 name from `BACKENDS`; each implementation imports its heavy library inside its module, so
 importing cotdistill stays instant.
 
@@ -12,7 +13,7 @@ importing cotdistill stays instant.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,11 +30,18 @@ class Completion:
     token_logprobs: list[float] | None
 
 
+# Called with the number of samples just finished, as requests finish (drives progress bars).
+Progress = Callable[[int], None]
+
+
 class Backend(Protocol):
     name: str
 
     def generate(
-        self, conversations: Sequence[list[Message]], sampling: SamplingConfig
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingConfig,
+        progress: Progress | None = None,
     ) -> list[list[Completion]]: ...
 
     def close(self) -> None: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from cotdistill.backends import Completion
+from cotdistill.backends import Completion, Progress
 from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.records import Message
 
@@ -39,7 +39,10 @@ class FakeBackend:
         self.calls = 0
 
     def generate(
-        self, conversations: Sequence[list[Message]], sampling: SamplingConfig
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingConfig,
+        progress: Progress | None = None,
     ) -> list[list[Completion]]:
         self.calls += 1
         results = []
@@ -59,6 +62,8 @@ class FakeBackend:
                     )
                 )
             results.append(samples)
+            if progress is not None:
+                progress(len(samples))
         return results
 
     def close(self) -> None:

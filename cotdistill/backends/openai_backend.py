@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from cotdistill.backends import Completion
+from cotdistill.backends import Completion, Progress
 from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.errors import InputError
 from cotdistill.records import Message
@@ -120,15 +120,22 @@ class OpenAIBackend:
         return completions
 
     def generate(
-        self, conversations: Sequence[list[Message]], sampling: SamplingConfig
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingConfig,
+        progress: Progress | None = None,
     ) -> list[list[Completion]]:
+        async def one(client: Any, gate: asyncio.Semaphore, messages: list[Message]) -> Any:
+            completions = await self._one(client, gate, messages, sampling)
+            if progress is not None:
+                progress(len(completions))
+            return completions
+
         async def run_all() -> list[list[Completion]]:
             gate = asyncio.Semaphore(self.engine.concurrency)
             client = self._client()
             try:
-                return await asyncio.gather(
-                    *(self._one(client, gate, c, sampling) for c in conversations)
-                )
+                return await asyncio.gather(*(one(client, gate, c) for c in conversations))
             finally:
                 await client.close()
 

@@ -7,10 +7,12 @@ default (0.92) refuses to start there, so the CPU default here is 0.3.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from cotdistill.backends import Completion
+from cotdistill.backends import Completion, Progress
 from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.records import Message
 
@@ -67,6 +69,39 @@ def sampled_logprobs(output: Any) -> list[float] | None:
     return values
 
 
+class _ProgressRelay:
+    """Stands in for the tqdm bar vLLM's `LLM.chat(use_tqdm=...)` would draw.
+
+    vLLM wraps its prompt rendering in it (as an iterable), then calls `update(k)` with the
+    samples of each finished request and reads `format_dict["elapsed"]` for its speed estimate;
+    the caller's own bar shows the progress.
+    """
+
+    def __init__(self, progress: Progress, iterable: Any = None, **kwargs: Any) -> None:
+        self.iterable = iterable
+        self.progress = progress
+        self.started = time.monotonic()
+        self.n = 0
+        self.postfix: str = ""
+
+    def __iter__(self) -> Any:
+        return iter(self.iterable if self.iterable is not None else ())
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        return {"elapsed": max(time.monotonic() - self.started, 1e-9)}
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        self.progress(count)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -77,10 +112,15 @@ class VLLMBackend:
         self.llm = LLM(**engine_kwargs(model, engine))
 
     def generate(
-        self, conversations: Sequence[list[Message]], sampling: SamplingConfig
+        self,
+        conversations: Sequence[list[Message]],
+        sampling: SamplingConfig,
+        progress: Progress | None = None,
     ) -> list[list[Completion]]:
         messages = [[m.model_dump() for m in conversation] for conversation in conversations]
-        outputs = self.llm.chat(messages, sampling_params(sampling), use_tqdm=False)
+        # vLLM reports each finished request to a tqdm-like object; forward that to `progress`.
+        use_tqdm: Any = False if progress is None else partial(_ProgressRelay, progress)
+        outputs = self.llm.chat(messages, sampling_params(sampling), use_tqdm=use_tqdm)
         return [
             [
                 Completion(
