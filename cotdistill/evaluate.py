@@ -152,8 +152,18 @@ def evaluate_model(
     seconds = 0.0
     for start in range(0, len(problems), batch_size):
         batch = problems[start : start + batch_size]
+        reported = 0
+
+        def relay(count: int) -> None:
+            nonlocal reported
+            reported += count
+            if progress is not None:
+                progress(count)
+
         tick = time.perf_counter()
-        results = backend.generate([template.render(p.question) for p in batch], sampling)
+        results = backend.generate(
+            [template.render(p.question) for p in batch], sampling, progress=relay
+        )
         seconds += time.perf_counter() - tick
         for problem, completions in zip(batch, results, strict=True):
             if len(completions) != sampling.n:
@@ -162,8 +172,8 @@ def evaluate_model(
                     f"expected {sampling.n}"
                 )
             rows.extend((problem, i, c) for i, c in enumerate(completions))
-        if progress is not None:
-            progress(len(batch) * sampling.n)
+        if progress is not None and reported < len(batch) * sampling.n:
+            progress(len(batch) * sampling.n - reported)  # a backend that reports nothing
     predictions = [extract_answer(c.text) for _, _, c in rows]
     verdicts = verify(
         [(p.gold_answer, pred) for (p, _, _), pred in zip(rows, predictions, strict=True)]
