@@ -100,19 +100,21 @@ class GenerateConfig(SamplingConfig, EngineConfig):
     )
 
 
-def _flag_type(annotation: Any) -> tuple[Any, bool]:
-    """Map a field annotation to (argparse type, is_list)."""
+def _flag_type(annotation: Any) -> tuple[Any, bool] | None:
+    """Map a field annotation to (argparse type, is_list); None for YAML-only structures."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _flag_type(args[0])
     if origin is list:
-        return _flag_type(typing.get_args(annotation)[0])[0], True
+        inner = _flag_type(typing.get_args(annotation)[0])
+        return None if inner is None else (inner[0], True)
     if origin is Literal:
         return str, False
     if annotation in (int, float, str, Path, bool):
         return annotation, False
-    return str, False
+    # Mappings and nested models (pipeline sections, teacher weights) are set in the YAML file.
+    return None
 
 
 def add_model_flags(
@@ -123,7 +125,10 @@ def add_model_flags(
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        kind, is_list = _flag_type(field.annotation)
+        mapped = _flag_type(field.annotation)
+        if mapped is None:
+            continue
+        kind, is_list = mapped
         help_text = field.description or ""
         if kind is bool:
             parser.add_argument(

@@ -41,6 +41,7 @@ from cotdistill.metrics import (
     pass_at_k,
 )
 from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
+from cotdistill.progress import progress_bar
 from cotdistill.prompts import PromptTemplate, load_template
 from cotdistill.records import (
     Problem,
@@ -480,12 +481,6 @@ class PeakMemory:
 # --- the edges: files, progress, report --------------------------------------------------------
 
 
-def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
-
-
 def run_model(
     source: ModelSource,
     problems: Sequence[Problem],
@@ -498,7 +493,7 @@ def run_model(
     path = str(merge_adapter(source.adapter, config.trust_remote_code)) if source.adapter else (
         source.path
     )
-    bar = _progress(len(problems) * config.n, f"evaluate {source.name}")
+    bar = progress_bar(len(problems) * config.n, f"evaluate {source.name}")
     with PeakMemory() as memory:
         tick = time.perf_counter()
         backend = factory(path)

@@ -38,6 +38,7 @@ from pydantic import Field
 from cotdistill.answers import extract_answer
 from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
+from cotdistill.progress import progress_bar
 from cotdistill.records import Trace, dump_line, parse_line, sha256_file, write_manifest
 from cotdistill.verify import Verdict, VerifyStats, answer_key, check_answers
 
@@ -692,13 +693,6 @@ def _lines(paths: Sequence[Path]) -> Iterator[tuple[Path, int, str]]:
                     yield path, lineno, line
 
 
-def _bar(total: int, desc: str, unit: str = "trace", scale: bool = False) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, dynamic_ncols=True,
-                mininterval=0.5)
-
-
 def _check_inputs(config: FilterConfig) -> None:
     if not config.traces:
         raise InputError("filter needs --traces FILE [FILE ...]", field="traces")
@@ -729,7 +723,7 @@ def first_pass(config: FilterConfig, index: Contamination | None) -> list[Summar
         return contaminated[question]
 
     total = sum(Path(p).stat().st_size for p in config.traces)
-    bar = _bar(total, "filter: read", unit="B", scale=True)
+    bar = progress_bar(total, "filter: read", unit="B", scale=True)
     try:
         for path, lineno, line in _lines(config.traces):
             bar.update(len(line))  # characters: close enough to bytes
@@ -755,7 +749,7 @@ def _write_outputs(config: FilterConfig, summaries: list[Summary], out: Path) ->
     tmp = {name: out / (name + ".tmp") for name in names}
     counts = dict.fromkeys(names, 0)
     handles = {name: open(tmp[name], "w", encoding="utf-8") for name in names}  # noqa: SIM115
-    bar = _bar(len(summaries), "filter: write")
+    bar = progress_bar(len(summaries), "filter: write", unit="trace")
     try:
         for position, (path, lineno, line) in enumerate(_lines(config.traces)):
             s = summaries[position]
@@ -794,7 +788,7 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     summaries = first_pass(config, index)
     stats = VerifyStats()
     need = sum(1 for s in summaries if s.gold is not None and s.predicted is not None)
-    bar = _bar(need, "filter: verify")
+    bar = progress_bar(need, "filter: verify", unit="trace")
     try:
         decide(summaries, config, stats, on_verified=bar.update)
     finally:

@@ -21,6 +21,7 @@ from cotdistill.backends import Backend, Completion, Progress, make_backend
 from cotdistill.config import GenerateConfig, SamplingConfig
 from cotdistill.errors import InputError
 from cotdistill.problems import ProblemFields, in_shard, load_problems, parse_shard
+from cotdistill.progress import progress_bar
 from cotdistill.prompts import PromptTemplate, load_template
 from cotdistill.records import (
     Problem,
@@ -221,12 +222,6 @@ def problem_fields(config: GenerateConfig) -> ProblemFields:
     )
 
 
-def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True)
-
-
 def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict[str, Any]:
     """Generate (or finish generating) `traces.jsonl` in `config.out`; returns the manifest.
 
@@ -277,7 +272,7 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
 
     new_tokens = 0
     gen_seconds = 0.0
-    bar = _progress(len(todo) * config.n, f"generate {teacher}")
+    bar = progress_bar(len(todo) * config.n, f"generate {teacher}")
     try:
         with open(path, "a", encoding="utf-8") as fh:
             tick = time.time()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from cotdistill.answers import extract_gold
 from cotdistill.errors import InputError
-from cotdistill.records import Problem, sha256_text
+from cotdistill.records import Problem, parse_json_object, sha256_text
 
 AnswerFormat = Literal["auto", "gsm8k", "boxed", "raw"]
 
@@ -65,15 +65,8 @@ def _rows(path: Path) -> Iterator[_Row]:
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"invalid JSON ({exc.msg})", file=path, line=lineno) from exc
-                if not isinstance(data, dict):
-                    raise InputError("expected a JSON object", file=path, line=lineno)
-                yield _Row(lineno, data)
+                if line.strip():
+                    yield _Row(lineno, parse_json_object(line, path, lineno))
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -99,13 +99,19 @@ def read_jsonl(path: Path, model: type[R]) -> Iterator[R]:
             yield parse_line(line, model, path, lineno)
 
 
-def parse_line(line: str, model: type[R], path: Path | str, lineno: int) -> R:
+def parse_json_object(line: str, path: Path | str, lineno: int) -> dict[str, Any]:
+    """One JSONL line as a mapping; anything else is an InputError naming file and line."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON ({exc.msg})", file=path, line=lineno) from exc
     if not isinstance(data, dict):
         raise InputError("expected a JSON object", file=path, line=lineno)
+    return data
+
+
+def parse_line(line: str, model: type[R], path: Path | str, lineno: int) -> R:
+    data = parse_json_object(line, path, lineno)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
