@@ -111,6 +111,9 @@ def _flag_type(annotation: Any) -> tuple[Any, bool] | None:
         return None if inner is None else (inner[0], True)
     if origin is Literal:
         return str, False
+    if origin is typing.Annotated:
+        # Passed on as text; the field's own validator parses it (e.g. `--layers 0,2,4`).
+        return str, False
     if annotation in (int, float, str, Path, bool):
         return annotation, False
     # Mappings and nested models (pipeline sections, teacher weights) are set in the YAML file.
