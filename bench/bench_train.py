@@ -34,6 +34,8 @@ MODELS = {
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                   tie_word_embeddings=True, vocab_size=512),
     # Qwen2.5-0.5B's shapes.
+    # The embedded SmolLM2-135M-Instruct itself (no shapes: the real folder is used).
+    "smollm2": {},
     "qwen0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                      num_attention_heads=14, num_key_value_heads=2, head_dim=64,
                      tie_word_embeddings=True, vocab_size=151936),
@@ -59,6 +61,8 @@ def build_model(kind: str, out: Path) -> Path:
 
     from cotdistill.models import resolve_model
 
+    if kind == "smollm2":
+        return Path(resolve_model(None)[0])
     if kind == "small":
         sys.path.insert(0, str(ROOT))
         from tests.tiny import build_tokenizer
