@@ -230,6 +230,17 @@ def _verify_in_workers(
         if on_result is not None:
             on_result(index)
 
+    def replace(slot: _Slot, verdict: Verdict) -> _Slot:
+        """Give the worker's current item `verdict`, requeue the rest, start a new worker."""
+        finish(slot, verdict)
+        queue.extendleft(reversed(slot.chunk))
+        slot.chunk.clear()
+        _stop(slot, kill=True)
+        stats.workers_killed += 1
+        fresh = _start(ctx, timeout_s, worker)
+        slots[slots.index(slot)] = fresh
+        return fresh
+
     try:
         for slot in slots:
             feed(slot)
@@ -247,19 +258,9 @@ def _verify_in_workers(
                         finish(slot, verdict)
                 except (EOFError, ConnectionResetError):
                     # The worker died on this item (out of memory, a crash in C code).
-                    finish(slot, "unverifiable")
-                    queue.extendleft(reversed(slot.chunk))
-                    slot.chunk.clear()
-                    _stop(slot, kill=True)
-                    stats.workers_killed += 1
-                    slots[slots.index(slot)] = slot = _start(ctx, timeout_s, worker)
+                    slot = replace(slot, "unverifiable")
                 if slot.chunk and time.monotonic() - slot.started > hard_limit:
-                    finish(slot, "timeout")
-                    queue.extendleft(reversed(slot.chunk))
-                    slot.chunk.clear()
-                    _stop(slot, kill=True)
-                    stats.workers_killed += 1
-                    slots[slots.index(slot)] = slot = _start(ctx, timeout_s, worker)
+                    slot = replace(slot, "timeout")
                 if not slot.chunk:
                     feed(slot)
     finally:
