@@ -51,7 +51,11 @@ class TrainConfig(StrictModel):
     lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    # Not 0.05: peft drops out each adapted module's input separately, keeping a mask and a
+    # copy of it per module; with all-linear targets that made LoRA on SmolLM2-135M peak
+    # higher than full fine-tuning (bench/results/train_smollm2.md).
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input "
+                                "(each adapted module keeps a mask and a copy of its input).")
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         description="Module names to adapt, or `all-linear`.",
