@@ -32,6 +32,7 @@ from cotdistill.answers import extract_answer
 from cotdistill.backends import Backend, make_backend
 from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
 from cotdistill.errors import InputError
+from cotdistill.generate import logprob_stats
 from cotdistill.metrics import (
     bootstrap_mean,
     bootstrap_ratio,
@@ -183,7 +184,7 @@ def evaluate_model(
     for (problem, index, completion), predicted, verdict in zip(
         rows, predictions, verdicts, strict=True
     ):
-        logprobs = completion.token_logprobs
+        mean_logprob, _ = logprob_stats(completion.token_logprobs)
         samples.append(
             EvalSample(
                 model=name,
@@ -197,7 +198,7 @@ def evaluate_model(
                 correct=verdict == "correct",
                 num_tokens=completion.num_tokens,
                 finish_reason=completion.finish_reason,
-                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+                mean_logprob=mean_logprob,
             )
         )
     return samples, seconds

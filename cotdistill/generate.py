@@ -193,17 +193,6 @@ def _check_resumable_row(
             )
 
 
-def check_resumable(
-    existing: dict[str, list[dict[str, Any]]], teacher: str, template: PromptTemplate,
-    sampling: Sampling, path: Path,
-) -> None:
-    """Refuse to mix traces made with another teacher, prompt or sampling into one file."""
-    expected = resume_key(teacher, template, sampling)
-    for rows in existing.values():
-        for row in rows:
-            _check_resumable_row(row, expected, path, None)
-
-
 def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Problem]:
     if config.limit is not None:
         problems = problems[: config.limit]
