@@ -10,20 +10,21 @@
 Each stage module exposes a pydantic config and a `run_*` function; flags override keys of the
 `--config` YAML (its stage section if it has one, else its top level). Stage modules keep their
 heavy imports inside functions, so `cotdistill --help` stays instant. Bad input ends with one
-line naming the file, line and field, and exit status 2.
+line naming the file, line and field, and exit status 2; a server that keeps failing (the
+openai backend, after its retries) with one line and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from cotdistill.config import add_model_flags, load_config
-from cotdistill.errors import InputError
+from cotdistill.errors import InputError, ServiceError
+from cotdistill.logs import capture_logs, log_file_for, terminal_level
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser_for = sub.add_parser(name, help=command.help, description=command.help)
         parser_for.add_argument("--config", help="YAML file; flags override its keys.")
+        parser_for.add_argument(
+            "--verbose", action="store_true",
+            help="Show engine and library logs on the terminal (also: COTDISTILL_LOG=info).",
+        )
         add_model_flags(parser_for, config_model, skip={"config"})
         parser_for.set_defaults(command_name=name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    # vLLM logs every engine detail at INFO; keep the progress bar readable unless asked.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command_name]
     config_model, run = command.load()
@@ -106,10 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(
             config_model, args.config, section=command.section or None, overrides=overrides
         )
-        run(config)
+        # Engine and library logs go to <out>/logs/<command>.log unless --verbose/COTDISTILL_LOG.
+        log_file = log_file_for(getattr(config, "out", None), args.command_name)
+        with capture_logs(log_file, terminal_level(args.verbose)):
+            if args.command_name == "run":
+                run(config, source=args.config)  # errors about its sections name the file
+            else:
+                run(config)
     except InputError as exc:
         print(f"cotdistill {args.command_name}: error: {exc}", file=sys.stderr)
         return 2
+    except ServiceError as exc:
+        print(f"cotdistill {args.command_name}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

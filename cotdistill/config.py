@@ -10,13 +10,22 @@ generated from the same models (`add_model_flags`), so a flag and a YAML key alw
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from cotdistill.errors import InputError
 
@@ -38,14 +47,25 @@ class SamplingConfig(StrictModel):
     logprobs: int = Field(
         1, ge=0, description="Top logprobs per token to request; the sampled token's is kept."
     )
+    topk_logprobs: int = Field(
+        0, ge=0, description="Store the teacher's K best token ids and logprobs per completion "
+        "token in topk/ beside the traces (for `train --kd offline-topk`); 0: off. vllm only."
+    )
 
 
 class EngineConfig(StrictModel):
     backend: Literal["vllm", "openai"] = Field(
         "vllm", description="vllm: in-process engine; openai: any OpenAI-compatible server."
     )
-    base_url: str | None = Field(
-        None, description="Server URL for the openai backend, e.g. http://127.0.0.1:8000/v1."
+    base_url: list[str] | str | None = Field(
+        None, description="Server URL for the openai backend, e.g. http://127.0.0.1:8000/v1 "
+        "(written to manifests without user:password@ or token-like query values). Give it "
+        "several times (a YAML list) for a fleet of servers of the same model: requests go to "
+        "the least busy one, a dead one is skipped (cotdistill/backends/fleet.py)."
+    )
+    base_urls_file: Path | None = Field(
+        None, description="openai backend: a file of server URLs, one per line (# comments), "
+        "added to base_url: a generator fleet."
     )
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never logged)."
@@ -61,15 +81,71 @@ class EngineConfig(StrictModel):
         None,
         gt=0,
         le=1,
-        description="vllm: memory fraction for the KV cache (RAM on CPU). Default: 0.9 on GPU, "
-        "0.3 on CPU.",
+        description="vllm: fraction of GPU memory for weights and KV cache (default 0.9). On "
+        "CPU it is a fraction of the NUMA node's RAM, used only when set here; the default "
+        "there is kv_cache_gb's sizing.",
+    )
+    kv_cache_gb: float | None = Field(
+        None,
+        gt=0,
+        description="vllm: KV cache size in GiB. Default on CPU: sized from the model (layers, "
+        "KV heads, head size, dtype) x batch_size x n x (prompt + max_tokens), with headroom "
+        "and a floor; on GPU: gpu_memory_utilization decides.",
     )
     enforce_eager: bool = Field(True, description="vllm: skip CUDA graphs / torch.compile warm-up.")
     seed: int = Field(0, description="Engine-level seed (vLLM's CPU engine rejects per-request).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (unsafe).")
+    enable_thinking: bool | None = Field(
+        None,
+        description="Passed to chat templates that take it (Qwen3): thinking mode on or off; "
+        "unset: the template's default.",
+    )
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _one_url_stays_a_string(cls, url: list[str] | str | None) -> list[str] | str | None:
+        # `--base-url URL` (a one-item list from the repeatable flag) means one server, as
+        # before; only two or more make a fleet.
+        if isinstance(url, list):
+            if not url:
+                return None
+            return url[0] if len(url) == 1 else url
+        return url
+
+    @field_serializer("base_url")
+    def _no_credentials(self, url: list[str] | str | None) -> list[str] | str | None:
+        # Configs are written to manifests and stamps; credentials must not be.
+        if isinstance(url, list):
+            return [public_url(u) for u in url]  # type: ignore[misc]
+        return public_url(url)
 
 
-class GenerateConfig(SamplingConfig, EngineConfig):
+class ThinkConfig(StrictModel):
+    """A reasoning teacher's thinking markers (see cotdistill/reasoning.py)."""
+
+    think_start: str = Field("<think>", description="Text that opens the teacher's thinking.")
+    think_end: str = Field(
+        "</think>", description="Text that closes the thinking; the final answer follows it."
+    )
+
+
+_SECRET_QUERY = re.compile(r"key|token|secret|sig|auth|pass|cred|session", re.IGNORECASE)
+
+
+def public_url(url: str | None) -> str | None:
+    """`url` without credentials: no user:password@, token-like query values masked."""
+    if not url:
+        return url
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
+
+
+class GenerateConfig(SamplingConfig, EngineConfig, ThinkConfig):
     problems: Path | None = Field(None, description="Problems file or `datasets` folder.")
     out: Path | None = Field(None, description="Output directory.")
     teacher: str | None = Field(
@@ -84,6 +160,16 @@ class GenerateConfig(SamplingConfig, EngineConfig):
         description="Candidate field names for the gold answer or solution.",
     )
     id_field: str = Field("id", description="Field holding a problem id; else a question hash.")
+    question_template: str | None = Field(
+        None,
+        description="Build the question from several fields with a format string over the "
+        "row, e.g. \"{Body} {Question}\"; replaces question_field.",
+    )
+    category_field: str | None = Field(
+        None,
+        description="Field holding a category (subject, level, type), kept as `category` on "
+        "every problem, trace and evaluation row.",
+    )
     answer_format: Literal["auto", "gsm8k", "boxed", "raw"] = Field(
         "auto",
         description="How to read the gold answer: `#### x`, last \\boxed{x}, as it is, or auto.",
@@ -93,10 +179,38 @@ class GenerateConfig(SamplingConfig, EngineConfig):
     )
     limit: int | None = Field(None, gt=0, description="Use only the first K problems.")
     shard: str | None = Field(
-        None, pattern=r"^\d+/\d+$", description="I/N: run only shard I (0-based) of N."
+        None, pattern=r"^(\d+/\d+|auto)$", description="I/N: run only shard I (0-based) of N; "
+        "auto: this Slurm array task's (SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN of "
+        "SLURM_ARRAY_TASK_COUNT)."
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this process; ray: run `shards` shards as Ray tasks, each "
+        "with its own engine, into <out>/shard-I-of-N/, then merge (cotdistill/executors/)."
+    )
+    ray_address: str | None = Field(
+        None, description="executor ray: the cluster to join (ray://HOST:10001 or HOST:6379); "
+        "unset: RAY_ADDRESS, else a local Ray started for this run."
+    )
+    shards: int = Field(1, gt=0, description="executor ray: how many shards (Ray tasks).")
+    shard_cpus: float = Field(
+        1.0, gt=0, description="executor ray: CPUs each shard task declares."
+    )
+    shard_gpus: float = Field(
+        0.0, ge=0, description="executor ray: GPUs each shard task declares (its vLLM engine's "
+        "tensor_parallel_size x data_parallel_size on a GPU cluster)."
+    )
+    task_retries: int = Field(
+        2, ge=0, description="executor ray: times Ray reruns a shard task that died; the rerun "
+        "resumes the shard's traces."
     )
     batch_size: int = Field(
         256, gt=0, description="Problems per engine call; each batch is written when done."
+    )
+    think_in_prompt: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Whether the chat template opens the thinking in the prompt (R1 distills "
+        "end it with <think>), so completions start inside it; auto: render the teacher's "
+        "template and see (in-process engine; no for a server).",
     )
 
 
@@ -116,20 +230,49 @@ def _flag_type(annotation: Any) -> tuple[Any, bool] | None:
         return str, False
     if annotation in (int, float, str, Path, bool):
         return annotation, False
-    # Mappings and nested models (pipeline sections, teacher weights) are set in the YAML file.
+    if origin is dict and typing.get_args(annotation)[1:] in ((int,), (float,), (str,), (bool,)):
+        # A flat mapping of plain values: `--teacher-weights big=2,small=0.5` or JSON.
+        return parse_mapping, False
+    # Nested structures (pipeline sections, student plans) are set in the YAML file.
     return None
+
+
+def parse_mapping(text: str) -> dict[str, Any]:
+    """`a=2,b=0.5` or a JSON object -> dict; the field's type then converts the values."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"invalid JSON object: {exc}") from exc
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("expected a JSON object")
+        return value
+    pairs: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {item!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 def add_model_flags(
     parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str] = frozenset()
 ) -> None:
-    """Add one `--flag` per model field; all default to None so only given flags override."""
+    """Add one `--flag` per model field; all default to None so only given flags override.
+
+    Keys that have no flag (nested structures) are listed in the parser's epilog as YAML-only,
+    so `--help` shows every key there is.
+    """
+    yaml_only = []
     for name, field in model.model_fields.items():
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
         mapped = _flag_type(field.annotation)
         if mapped is None:
+            yaml_only.append(name)
             continue
         kind, is_list = mapped
         help_text = field.description or ""
@@ -149,6 +292,10 @@ def add_model_flags(
             parser.add_argument(
                 flag, dest=name, type=kind, default=None, choices=choices, help=help_text
             )
+    if yaml_only:
+        parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + (
+            "Set in the --config YAML file only (no flag): " + ", ".join(yaml_only) + "."
+        )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -1,27 +1,50 @@
-"""Logit distillation: the student matches the teacher's softened next-token distribution.
+"""Logit distillation in training: the SFTTrainer whose loss comes from `cotdistill.losses`.
 
-Over the assistant tokens only (label != -100), per token:
+Three teachers feed the same chunked loss (formulas in `cotdistill/losses/`):
 
-    loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
+- online: a teacher model runs forward on each batch (`train --teacher T [--kd-loss jsd]`);
+- offline-topk: the teacher's top-K log-probabilities stored at generation time
+  (`generate --topk-logprobs K`, then `train --kd offline-topk --topk-from GEN_DIR`);
+  no teacher weights are loaded;
+- none: plain SFT (TRL's own trainer, not this class).
 
-(Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": the T^2 keeps the soft
-term's gradients on the same scale as the hard term's when T changes.) TRL 1.16's
-`DistillationTrainer` computes a generalized JSD with no CE term and no T^2 factor, so this
-module computes the loss itself inside an `SFTTrainer.compute_loss`.
+Memory: the student runs with `logits_to_keep=1` and its last hidden states are taken
+instead; only the rows of assistant tokens go on, and the output head is applied a chunk of
+rows at a time inside the loss (`losses/chunked.py`). The teacher does the same under
+no_grad. So neither model ever holds (batch, length, vocab) logits. A model whose logits are
+not `lm_head(last hidden state)` (final soft-capping, logit scaling) is detected on the first
+batch and falls back to full logits, still with the chunked loss.
 
     loss, parts = distillation_loss(student_logits, teacher_logits, labels, temperature=2.0,
                                     alpha=0.5)
-    trainer_cls = distillation_trainer_class()   # SFTTrainer + the loss above
+    trainer = distillation_trainer_class()(**sft_trainer_kwargs, teacher_model=teacher,
+                                           settings=KDSettings(...))
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from cotdistill.losses import IGNORE_INDEX, kd_loss, masked_rows, topk_kd_loss
 
 if TYPE_CHECKING:
     import torch
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "KDSettings", "distillation_loss", "distillation_trainer_class"]
+
+
+@dataclass
+class KDSettings:
+    """The loss settings of one run (TrainConfig's kd_* fields, resolved)."""
+
+    temperature: float
+    alpha: float
+    divergence: str = "forward"
+    beta: float = 0.5
+    vocab_size: int | None = None  # the tokenizer's length: logits past it are ignored
+    chunk_size: int | None = 256
+    tail: str = "ignore"
 
 
 def distillation_loss(
@@ -32,76 +55,131 @@ def distillation_loss(
     temperature: float,
     alpha: float,
     num_items: int | torch.Tensor | None = None,
+    divergence: str = "forward",
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss above, averaged over label tokens; logits (B, L, V), labels (B, L) unshifted.
+    """`losses.kd_loss` from full logits (B, L, V) and unshifted labels (B, L).
 
-    Position i's logits predict token i + 1, as in any causal LM. `num_items` is the number of
-    label tokens in the whole (gradient-accumulated) batch, so sums over micro-batches add up to
-    a mean over the batch; by default the mean is over this micro-batch. Returns the loss and
-    its two parts (per-token means of KL and CE) for logging.
+    Position i's logits predict token i + 1. `num_items` is the number of label tokens in the
+    whole (gradient-accumulated) batch, so sums over micro-batches add up to a mean over the
+    batch; by default the mean is over this micro-batch. Logits of different widths (padded
+    embedding matrices) need `vocab_size`, the shared tokenizer's length.
     """
-    import torch
-    import torch.nn.functional as F
-
-    if student_logits.shape != teacher_logits.shape:
+    if vocab_size is None and student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ: the models must share a vocabulary"
+            f"{tuple(teacher_logits.shape)} differ: pass vocab_size (the tokenizer's length)"
         )
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    student = student_logits[:, :-1][mask].float()
-    teacher = teacher_logits[:, :-1][mask].float()
-    targets = shift_labels[mask]
+    student, targets = masked_rows(student_logits, labels)
+    teacher, _ = masked_rows(teacher_logits, labels)
+    return kd_loss(student, targets, teacher, divergence=divergence, beta=beta,
+                   temperature=temperature, alpha=alpha, vocab_size=vocab_size,
+                   chunk_size=chunk_size, num_items=num_items)
 
-    log_p_student = F.log_softmax(student / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).sum()
-    ce = F.cross_entropy(student, targets, reduction="sum")
 
-    count = mask.sum() if num_items is None else torch.as_tensor(num_items)
-    count = count.to(student_logits.device).clamp(min=1)
-    loss = (alpha * temperature**2 * kl + (1 - alpha) * ce) / count
-    tokens = max(int(mask.sum()), 1)
-    parts = {"distill_kl": kl.item() / tokens, "distill_ce": ce.item() / tokens}
-    return loss, parts
+def _rows(model: Any, inputs: dict[str, Any], labels: torch.Tensor, use_hidden: bool
+          ) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
+    """(outputs, rows, targets, head): hidden rows + output head, or logit rows + None."""
+    if not use_hidden:
+        outputs = model(**inputs)
+        rows, targets = masked_rows(outputs.logits, labels)
+        return outputs, rows, targets, None
+    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+    rows, targets = masked_rows(outputs.hidden_states[-1], labels)
+    return outputs, rows, targets, _output_head(model)
+
+
+def _output_head(model: Any) -> Any:
+    inner = getattr(model, "module", model)  # DDP wraps the model; its head is the module's
+    return inner.get_output_embeddings()
+
+
+def _head_matches_logits(model: Any, outputs: Any) -> bool:
+    """Whether the last position's logits equal head(last hidden state) (no soft-capping)."""
+    import torch
+
+    with torch.no_grad():
+        head = _output_head(model)
+        last = outputs.hidden_states[-1][:, -1:]
+        return bool(torch.allclose(head(last).float(), outputs.logits[:, -1:].float(),
+                                   rtol=1e-3, atol=1e-3))
 
 
 def distillation_trainer_class() -> type:
-    """`SFTTrainer` whose loss is `distillation_loss` against `teacher_model` (built lazily).
+    """`SFTTrainer` whose loss is `cotdistill.losses` against an online or offline teacher.
 
-    Only the loss changes: data preparation, masking, packing, LoRA, checkpoints and logging
-    stay TRL's. Construct with the usual SFTTrainer arguments plus `teacher_model`,
-    `temperature` and `alpha`.
+    Only the loss changes: data preparation, masking, LoRA, checkpoints and logging stay
+    TRL's. Construct with the usual SFTTrainer arguments plus `settings` (KDSettings) and
+    either `teacher_model` (online) or `topk` (an object with `batch(rows) -> (ids, logprobs,
+    valid)`, see cotdistill/topk.py; the datasets then carry a `kd_row` column).
     """
     import torch
     from trl import SFTTrainer
 
     class DistillationSFTTrainer(SFTTrainer):
-        def __init__(
-            self, *args: Any, teacher_model: Any, temperature: float, alpha: float, **kwargs: Any
-        ) -> None:
+        def __init__(self, *args: Any, settings: KDSettings, teacher_model: Any = None,
+                     topk: Any = None, **kwargs: Any) -> None:
+            if (teacher_model is None) == (topk is None):
+                raise ValueError("give exactly one of teacher_model and topk")
             super().__init__(*args, **kwargs)
-            self.teacher_model = teacher_model.to(self.accelerator.device).eval()
-            self.teacher_model.requires_grad_(False)
-            self.temperature = temperature
-            self.alpha = alpha
+            self.settings = settings
+            self.topk = topk
+            self.teacher_model = None
+            if teacher_model is not None:
+                self.teacher_model = teacher_model.to(self.accelerator.device).eval()
+                self.teacher_model.requires_grad_(False)
+            # FSDP shards the output head: it can only run inside the model's own forward.
+            self.use_hidden = not self.is_fsdp_enabled
+            self._checked_head = False
+            if topk is not None:
+                self.data_collator = _with_kd_rows(self.data_collator)
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if self.topk is not None and "kd_row" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "kd_row"]
 
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
             mode = "train" if self.model.training else "eval"
+            s = self.settings
             labels = inputs["labels"]
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "kd_row")}
             model_inputs["use_cache"] = False
-            outputs = model(**model_inputs)
-            with torch.no_grad():
-                teacher_logits = self.teacher_model(**model_inputs).logits
-            loss, parts = distillation_loss(
-                outputs.logits, teacher_logits, labels, temperature=self.temperature,
-                alpha=self.alpha, num_items=num_items_in_batch,
-            )
+            outputs, rows, targets, head = _rows(model, model_inputs, labels, self.use_hidden)
+            if self.use_hidden and not self._checked_head:
+                self._checked_head = True
+                if not _head_matches_logits(model, outputs):
+                    print("train: this model's logits are not lm_head(hidden state); "
+                          "distilling from full logits instead")
+                    self.use_hidden = False
+                    outputs, rows, targets, head = _rows(model, model_inputs, labels, False)
+            if self.teacher_model is not None:
+                with torch.no_grad():
+                    _, t_rows, _, t_head = _rows(self.teacher_model, model_inputs, labels,
+                                                 self.use_hidden)
+                loss, parts = kd_loss(
+                    rows, targets, t_rows, divergence=s.divergence, beta=s.beta,
+                    temperature=s.temperature, alpha=s.alpha, vocab_size=s.vocab_size,
+                    student_head=head, teacher_head=t_head, chunk_size=s.chunk_size,
+                    num_items=num_items_in_batch,
+                )
+            else:
+                ids, logprobs, valid = self.topk.batch(inputs["kd_row"].tolist())
+                if ids.shape[0] != rows.shape[0]:
+                    raise RuntimeError(f"top-k rows ({ids.shape[0]}) do not match the batch's "
+                                       f"label tokens ({rows.shape[0]})")
+                device = rows.device
+                loss, parts = topk_kd_loss(
+                    rows, targets, ids.to(device), logprobs.to(device), valid.to(device),
+                    temperature=s.temperature, alpha=s.alpha, tail=s.tail,  # type: ignore[arg-type]
+                    vocab_size=s.vocab_size, student_head=head, chunk_size=s.chunk_size,
+                    num_items=num_items_in_batch,
+                )
             # Same scaling as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP
             # averages gradients over ranks.
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -119,3 +197,138 @@ def distillation_trainer_class() -> type:
             return (loss, outputs) if return_outputs else loss
 
     return DistillationSFTTrainer
+
+
+def _with_kd_rows(collate: Any) -> Any:
+    """TRL's collator plus a `kd_row` tensor: which example (top-k table row) each one is."""
+    import torch
+
+    def collate_with_rows(examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(examples)
+        batch["kd_row"] = torch.tensor([int(e["kd_row"]) for e in examples])
+        return batch
+
+    return collate_with_rows
+
+
+# ---------------------------------------------------------------- offline top-k: data side
+
+
+@dataclass
+class OfflineKD:
+    """The teacher's stored top-K rows aligned to the training examples (no weights loaded).
+
+    Dataset row i (train rows first, then eval rows) carries `kd_row = i`, the index of its
+    entry in `table`.
+    """
+
+    table: Any  # cotdistill.topk.TopkTable
+    stats: Any  # cotdistill.topk.AlignStats
+    meta: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        return {"k": self.meta.get("k"), "teacher": self.meta.get("teacher"),
+                "teacher_tokenizer": self.meta.get("tokenizer"),
+                "examples": s.examples, "aligned": s.aligned, "token_mismatch": s.mismatched,
+                "no_topk_rows": s.missing, "kd_tokens": s.kd_tokens}
+
+
+def prepare_offline(sources: Any, tokenizer: Any, rows: Any, on_mismatch: str = "skip"
+                    ) -> OfflineKD:
+    """Open the top-k store, refuse another vocabulary, align every example (see topk.align).
+
+    `rows`: the Tokenized train rows then eval rows. An example whose student tokens differ
+    from the teacher's sampled ids, or that has no stored rows, is trained with CE only and
+    counted (with `on_mismatch="error"` it stops the run, naming it).
+    """
+    from cotdistill.errors import InputError
+    from cotdistill.topk import TopkStore, build_table, check_vocabulary
+
+    store = TopkStore.open(list(sources))
+    check_vocabulary(store.meta, tokenizer, ", ".join(map(str, sources)))
+    table, stats = build_table(store, [
+        ((r.problem_id, r.sample_index) if r.sample_index is not None else None,
+         r.input_ids, r.completion_mask) for r in rows])
+    skipped = stats.mismatched + stats.missing
+    if skipped:
+        detail = (f"{stats.mismatched} whose tokens differ from the teacher's sampled ids, "
+                  f"{stats.missing} without stored top-k rows (e.g. "
+                  f"{', '.join(stats.skipped[:3])})")
+        if on_mismatch == "error":
+            raise InputError(f"offline top-k KD cannot use {skipped} of {stats.examples} "
+                             f"examples: {detail}", field="topk_on_mismatch")
+        print(f"train: offline top-k KD on {stats.aligned} of {stats.examples} examples; "
+              f"CE only for {detail}")
+    return OfflineKD(table, stats, store.meta)
+
+
+# ---------------------------------------------------------------- on-policy (GKD)
+
+
+def on_policy_args(sft_args: Any, *, max_new_tokens: int, sample_temperature: float,
+                   max_length: int) -> Any:
+    """TRL's GKDConfig with every setting of this run's SFTConfig, fully on-policy (lmbda 1).
+
+    GKD's own `beta` and temperature are not used for the loss (ours replaces it); its
+    `temperature` is the student's sampling temperature.
+    """
+    import dataclasses
+
+    from trl.experimental.gkd import GKDConfig
+
+    values = {f.name: getattr(sft_args, f.name) for f in dataclasses.fields(sft_args)
+              if f.init and hasattr(sft_args, f.name)}
+    values.update(lmbda=1.0, seq_kd=False, max_new_tokens=max_new_tokens,
+                  temperature=sample_temperature, max_length=max_length, packing=False,
+                  padding_free=False, completion_only_loss=None)
+    return GKDConfig(**values)
+
+
+def on_policy_trainer_class() -> type:
+    """TRL's `GKDTrainer` (the student samples its own completions for each batch's prompts,
+    then learns from the teacher's distribution on them), with our chunked loss in place of
+    GKD's full-logits JSD: `settings.divergence` at temperature T, T^2-scaled, no CE term (the
+    tokens are the student's own samples, not targets).
+
+    Reused from TRL: the prompt collator (DataCollatorForChatML), on-policy generation with
+    the student, teacher placement and the training loop. Added: the loss (bounded memory,
+    forward / reverse / JSD, num_items scaling). Construct with GKDTrainer's arguments
+    (`teacher_model`, a dataset of `messages`) plus `settings`.
+    """
+    import torch
+    from trl.experimental.gkd import GKDTrainer
+
+    class OnPolicyKDTrainer(GKDTrainer):
+        def __init__(self, *args: Any, settings: KDSettings, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.settings = settings
+            self.use_hidden = not self.is_fsdp_enabled
+            # A per-micro-batch mean: the Trainer must divide it by the accumulation steps.
+            self.loss_is_scaled_for_ga = False
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            mode = "train" if self.model.training else "eval"
+            s = self.settings
+            labels = inputs["labels"]
+            model_inputs = {"input_ids": inputs["input_ids"],
+                            "attention_mask": inputs["attention_mask"], "use_cache": False}
+            outputs, rows, targets, head = _rows(model, model_inputs, labels, self.use_hidden)
+            self.teacher_model.eval()
+            with torch.no_grad():
+                _, t_rows, _, t_head = _rows(self.teacher_model, model_inputs, labels,
+                                             self.use_hidden)
+            # num_items_in_batch counts the dataset's completion tokens, not the freshly
+            # sampled ones: the mean is over the sampled tokens of this micro-batch instead
+            # (each rank its own; DDP averages the ranks).
+            loss, parts = kd_loss(
+                rows, targets, t_rows, divergence=s.divergence, beta=s.beta,
+                temperature=s.temperature, alpha=1.0, vocab_size=s.vocab_size,
+                student_head=head, teacher_head=t_head, chunk_size=s.chunk_size,
+            )
+
+            self._metrics[mode]["distill_kl"].append(parts["distill_kl"])
+            return (loss, outputs) if return_outputs else loss
+
+    return OnPolicyKDTrainer

@@ -35,3 +35,10 @@ class InputError(ValueError):
             where.append(f"field '{self.field}'")
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ServiceError(RuntimeError):
+    """A remote service (an OpenAI-compatible server) kept failing after its retries.
+
+    Not the user's input, but not a bug either: the CLI prints it as one line, exit status 1.
+    """

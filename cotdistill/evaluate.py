@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from math import exp, prod
 from pathlib import Path
@@ -28,11 +29,14 @@ from typing import Any
 
 from pydantic import Field
 
-from cotdistill.answers import extract_answer
+from cotdistill.answers import FALLBACK_LAST_NUMBER, extract_answer
 from cotdistill.backends import Backend, make_backend
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.backends.sizing import Workload
+from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, ThinkConfig
 from cotdistill.errors import InputError
 from cotdistill.generate import logprob_stats
+from cotdistill.locking import locks_output
+from cotdistill.memory import PeakMemory
 from cotdistill.metrics import (
     bootstrap_mean,
     bootstrap_ratio,
@@ -44,6 +48,12 @@ from cotdistill.metrics import (
 from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
 from cotdistill.progress import progress_bar
 from cotdistill.prompts import PromptTemplate, load_template
+from cotdistill.reasoning import (
+    DEFAULT_MARKERS,
+    Markers,
+    reasoning_fields,
+    template_opens_thinking,
+)
 from cotdistill.records import (
     Problem,
     Record,
@@ -85,6 +95,8 @@ class EvaluateConfig(SamplingConfig, EngineConfig):
     question_field: list[str] = _generate["question_field"]
     answer_field: list[str] = _generate["answer_field"]
     id_field: str = _generate["id_field"]
+    question_template: str | None = _generate["question_template"]
+    category_field: str | None = _generate["category_field"]
     answer_format: AnswerFormat = _generate["answer_format"]
     bootstrap_resamples: int = Field(
         1000, gt=0, description="Bootstrap resamples over problems for the intervals."
@@ -95,6 +107,20 @@ class EvaluateConfig(SamplingConfig, EngineConfig):
         10, gt=0, description="Equal-width confidence bins for the calibration error."
     )
     verify_timeout_s: float = Field(5.0, gt=0, description="math-verify seconds per answer.")
+    fallback_last_number: bool = FALLBACK_LAST_NUMBER
+    think_start: str = ThinkConfig.model_fields["think_start"]
+    think_end: str = ThinkConfig.model_fields["think_end"]
+    collapse_below: float = Field(
+        0.8, gt=0, description="A category whose whole retention interval lies below this is "
+        "reported as a collapsed capability.",
+    )
+    failure_examples: int = Field(
+        3, ge=0, description="Examples per failure mode and student in the report."
+    )
+    latency_prompts: int = Field(
+        8, ge=0, description="Evaluation prompts sent one at a time (batch 1) per model for "
+        "the deployment table's latency; 0 disables.",
+    )
 
 
 class EvalSample(Record):
@@ -112,6 +138,11 @@ class EvalSample(Record):
     num_tokens: int
     finish_reason: str | None
     mean_logprob: float | None
+    category: str | None = None
+    # Reasoning models (cotdistill/reasoning.py); None for samples without thinking.
+    reasoning_tokens: int | None = None
+    answer_tokens: int | None = None
+    finished_thinking: bool | None = None
 
 
 @dataclass
@@ -146,9 +177,14 @@ def evaluate_model(
     verify: Verifier,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    markers: Markers = DEFAULT_MARKERS,
+    opened: bool = False,
+    fallback_last_number: bool = True,
 ) -> tuple[list[EvalSample], float]:
     """Sample `sampling.n` answers per problem and check them; returns (samples, seconds spent
     generating). Answers are checked after generation so verification never counts as latency.
+    A reasoning model's answer is read from what follows its thinking (`markers`; `opened`:
+    its chat template opens the thinking in the prompt).
     """
     rows: list[tuple[Problem, int, Any]] = []
     seconds = 0.0
@@ -176,13 +212,21 @@ def evaluate_model(
             rows.extend((problem, i, c) for i, c in enumerate(completions))
         if progress is not None and reported < len(batch) * sampling.n:
             progress(len(batch) * sampling.n - reported)  # a backend that reports nothing
-    predictions = [extract_answer(c.text) for _, _, c in rows]
+    thinking = [
+        reasoning_fields(c.text, c.num_tokens, markers, opened, c.reasoning is not None,
+                         c.reasoning_tokens)
+        for _, _, c in rows
+    ]
+    predictions = [
+        extract_answer(t.get("answer_text", c.text), fallback_last_number)
+        for (_, _, c), t in zip(rows, thinking, strict=True)
+    ]
     verdicts = verify(
         [(p.gold_answer, pred) for (p, _, _), pred in zip(rows, predictions, strict=True)]
     )
     samples = []
-    for (problem, index, completion), predicted, verdict in zip(
-        rows, predictions, verdicts, strict=True
+    for (problem, index, completion), predicted, verdict, think in zip(
+        rows, predictions, verdicts, thinking, strict=True
     ):
         mean_logprob, _ = logprob_stats(completion.token_logprobs)
         samples.append(
@@ -199,6 +243,10 @@ def evaluate_model(
                 num_tokens=completion.num_tokens,
                 finish_reason=completion.finish_reason,
                 mean_logprob=mean_logprob,
+                category=problem.category,
+                reasoning_tokens=think.get("reasoning_tokens"),
+                answer_tokens=think.get("answer_tokens"),
+                finished_thinking=think.get("finished_thinking"),
             )
         )
     return samples, seconds
@@ -275,9 +323,58 @@ def summarize_model(
             "calibration_bins": [
                 vars(b) for b in calibration_bins(confidences, outcomes, bins)
             ],
+            "thinking": thinking_summary(samples),
         }
     )
     return summary
+
+
+def thinking_summary(samples: Sequence[EvalSample]) -> dict[str, Any] | None:
+    """Reasoning models: mean thinking and answer tokens, the share that never finished
+    thinking, accuracy when it finished vs not. None when no sample has thinking."""
+    thinking = [s for s in samples if s.finished_thinking is not None]
+    if not thinking:
+        return None
+
+    def mean(values: list[int | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return round(sum(known) / len(known), 2) if known else None
+
+    def accuracy(group: list[EvalSample]) -> float | None:
+        return round(sum(s.correct for s in group) / len(group), 4) if group else None
+
+    finished = [s for s in thinking if s.finished_thinking]
+    unfinished = [s for s in thinking if not s.finished_thinking]
+    return {
+        "samples_with_thinking": len(thinking),
+        "mean_thinking_tokens": mean([s.reasoning_tokens for s in thinking]),
+        "mean_answer_tokens": mean([s.answer_tokens for s in thinking]),
+        "unfinished_share": round(len(unfinished) / len(thinking), 4),
+        "accuracy_finished": accuracy(finished),
+        "accuracy_unfinished": accuracy(unfinished),
+    }
+
+
+def thinking_section(models: dict[str, Any]) -> list[str]:
+    """Report table of `thinking_summary` per model; nothing when no model thinks."""
+    rows = {name: m["thinking"] for name, m in models.items() if m.get("thinking")}
+    if not rows:
+        return []
+    lines = [
+        "", "## Thinking", "",
+        "Samples whose output has a thinking part (`<think>`); accuracy split by whether the "
+        "thinking finished before the token limit.", "",
+        "| model | samples with thinking | mean thinking tokens | mean answer tokens | "
+        "never finished | accuracy (finished) | accuracy (unfinished) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in rows.items():
+        lines.append(
+            f"| {name} | {t['samples_with_thinking']} | {_fmt(t['mean_thinking_tokens'], 1)} | "
+            f"{_fmt(t['mean_answer_tokens'], 1)} | {_fmt(t['unfinished_share'])} | "
+            f"{_fmt(t['accuracy_finished'])} | {_fmt(t['accuracy_unfinished'])} |"
+        )
+    return lines
 
 
 def retention(
@@ -438,48 +535,43 @@ def parameter_count(model_dir: Path) -> int | None:
     return total
 
 
-class PeakMemory:
-    """Peak resident memory of this process and its children (vLLM's engine runs in one),
-    sampled on a thread while a model is loaded and generating."""
+def stage_memory(config: EvaluateConfig) -> PeakMemory | None:
+    """What this evaluation can measure: the engine's memory (GPU memory on GPU) while a model
+    is loaded and generating; math-verify's workers excluded. Nothing for a remote server."""
+    if config.backend == "openai":
+        return None
+    import torch
 
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        total = 0
-        for process in [me, *me.children(recursive=True)]:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:
-                continue  # a worker exited between listing and reading
-        self.peak_bytes = max(self.peak_bytes, total)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def __enter__(self) -> PeakMemory:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @property
-    def peak_mb(self) -> float:
-        return round(self.peak_bytes / 2**20, 1)
+    return PeakMemory(children=True, gpu="device" if torch.cuda.is_available() else None)
 
 
 # --- the edges: files, progress, report --------------------------------------------------------
+
+
+def batch_one_latency(
+    name: str,
+    backend: Backend,
+    problems: Sequence[Problem],
+    template: PromptTemplate,
+    config: EvaluateConfig,
+) -> dict[str, Any] | None:
+    """Single-request latency on the first `latency_prompts` problems, greedy so that every
+    run sends the same requests; None when disabled."""
+    from cotdistill.evaluation.deployment import measure_latency
+
+    chosen = problems[: config.latency_prompts]
+    if not chosen:
+        return None
+    sampling = SamplingConfig(
+        **config.model_dump(include=set(SamplingConfig.model_fields)) | {"temperature": 0.0}
+    )
+    bar = progress_bar(len(chosen) + 1, f"latency {name} (batch 1)", unit="request")
+    try:
+        return measure_latency(
+            backend, [template.render(p.question) for p in chosen], sampling, bar.update
+        )
+    finally:
+        bar.close()
 
 
 def run_model(
@@ -495,15 +587,23 @@ def run_model(
         source.path
     )
     bar = progress_bar(len(problems) * config.n, f"evaluate {source.name}")
-    with PeakMemory() as memory:
+    memory = stage_memory(config)
+    with memory or nullcontext():
         tick = time.perf_counter()
         backend = factory(path)
         load_s = time.perf_counter() - tick
         try:
             samples, seconds = evaluate_model(
                 source.name, problems, template, backend, config, verify, config.batch_size,
-                bar.update,
+                bar.update, markers=Markers(config.think_start, config.think_end),
+                fallback_last_number=config.fallback_last_number,
+                opened=config.backend == "vllm" and template_opens_thinking(
+                    path, [m.model_dump() for m in template.render("1 + 1")],
+                    Markers(config.think_start, config.think_end), config.enable_thinking,
+                    config.trust_remote_code),
             )
+            bar.close()
+            latency = batch_one_latency(source.name, backend, problems, template, config)
         finally:
             bar.close()
             backend.close()
@@ -511,7 +611,11 @@ def run_model(
     if source.adapter is not None:
         extra["adapter"] = {"path": str(source.adapter), "base": adapter_base(source.adapter),
                             "merged_into": path}
-    return ModelRun(samples, seconds, load_s, memory.peak_mb, extra)
+    if memory is not None:
+        extra["peak_memory_what"] = memory.what
+    if latency is not None:
+        extra["latency"] = latency
+    return ModelRun(samples, seconds, load_s, memory.peak_mb if memory else None, extra)
 
 
 def model_summary(run: ModelRun, config: EvaluateConfig) -> dict[str, Any]:
@@ -563,6 +667,12 @@ def _params(count: int | None) -> str:
     return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
 
 
+def no_reference(config: EvaluateConfig, models: Iterable[str]) -> str:
+    return (f"no model is named {config.reference!r} (the reference), so no retention is "
+            f"computed; models: {', '.join(models)}. Name one `--model "
+            f"{config.reference}=PATH` or set --reference to one of them.")
+
+
 def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
     """The teacher-vs-student table (markdown), then calibration and verdict counts."""
     models = summary["models"]
@@ -578,6 +688,8 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
         f"= accuracy / {config.reference} accuracy, paired over problems.",
         "",
     ]
+    if config.reference not in models:
+        lines += [f"**No retention:** {no_reference(config, models)}", ""]
     k = config.n
     extra_cols = [f"maj@{k}", f"pass@{k}"] if k > 1 else []
     header = ["model", "parameters", "accuracy", *extra_cols, f"retention vs {config.reference}",
@@ -605,8 +717,10 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
     lines += [
         "",
         "tok/s and s/problem: generation time of the whole batch (engine start excluded) over "
-        "output tokens and problems. Peak memory: resident memory of this process and its "
-        "children (the engine, with its KV cache reservation) while the model was loaded.",
+        "output tokens and problems. Peak memory: "
+        + (next((m["peak_memory_what"] for m in models.values() if m.get("peak_memory_what")),
+                "not measured (a model served remotely)"))
+        + ", while the model was loaded.",
         "",
         "## Calibration",
         "",
@@ -634,10 +748,61 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
                 f"\n`{name}` is a LoRA adapter; it was merged into `{m['adapter']['base']}` and "
                 f"served from `{m['adapter']['merged_into']}`."
             )
+    lines += thinking_section(models)
+    lines += ["", *decision_sections(summary, config)]
     plots = summary.get("plots") or []
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def decision_measures(
+    per_model: dict[str, list[EvalSample]], summary: dict[str, Any], config: EvaluateConfig
+) -> dict[str, Any]:
+    """What decides a deployment (`cotdistill.evaluation`): retention per capability, failure
+    modes and the teacher-vs-student deployment table."""
+    from cotdistill.evaluation.categories import category_results
+    from cotdistill.evaluation.deployment import deployment_table
+    from cotdistill.evaluation.failures import failure_modes
+
+    return {
+        "categories": category_results(
+            per_model, config.reference, collapse_below=config.collapse_below,
+            resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
+            level=config.confidence,
+        ),
+        "failures": failure_modes(per_model, config.reference, examples=config.failure_examples),
+        "deployment": deployment_table(
+            summary["models"], config.reference, engine_dtype=config.dtype,
+            max_tokens=config.max_tokens,
+        ),
+    }
+
+
+def decision_plots(summary: dict[str, Any], config: EvaluateConfig, out: Path) -> list[str]:
+    from cotdistill.evaluation.plots import category_plot, failure_plot
+
+    paths = [failure_plot(summary["failures"], out / "failures.png"),
+             category_plot(summary["categories"], config.reference, out / "categories.png")]
+    return [str(p) for p in paths if p is not None]
+
+
+def decision_sections(summary: dict[str, Any], config: EvaluateConfig) -> list[str]:
+    """Report sections for the measures of `decision_measures` (absent in older summaries)."""
+    from cotdistill.evaluation.categories import render_categories
+    from cotdistill.evaluation.deployment import render_deployment
+    from cotdistill.evaluation.failures import render_failures
+
+    lines: list[str] = []
+    if "deployment" in summary:
+        lines += render_deployment(summary["deployment"], config.reference)
+    if "categories" in summary:
+        lines += render_categories(
+            summary["categories"], config.reference, f"{config.confidence:.0%}"
+        )
+    if "failures" in summary:
+        lines += render_failures(summary["failures"], config.reference)
+    return lines
 
 
 def check_problems(problems: Sequence[Problem]) -> None:
@@ -659,6 +824,8 @@ def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
         answer=tuple(config.answer_field),
         id=config.id_field,
         answer_format=config.answer_format,
+        template=config.question_template,
+        category=config.category_field,
     )
     problems = load_problems(Path(config.problems), fields)  # type: ignore[arg-type]
     if config.limit is not None:
@@ -676,7 +843,7 @@ def model_hash(source: ModelSource) -> str:
 # Settings that do not change what a model generates or how a sample is scored.
 _NOT_SAMPLE_SETTINGS = {
     "model", "out", "reference", "batch_size", "bootstrap_resamples", "bootstrap_seed",
-    "confidence", "calibration_bins",
+    "confidence", "calibration_bins", "collapse_below", "failure_examples",
 }
 
 
@@ -713,6 +880,7 @@ def save_cached(folder: Path, name: str, key: str, run: ModelRun) -> None:
     tmp.replace(folder / f"{name}.json")
 
 
+@locks_output("evaluate")
 def run_evaluate(
     config: EvaluateConfig,
     backend_factory: BackendFactory | None = None,
@@ -724,6 +892,8 @@ def run_evaluate(
         raise InputError("evaluate needs --problems and --out")
     # All input checks come before the first model is loaded.
     models = parse_model_specs(config.model)
+    if config.reference not in models:
+        print(f"evaluate: warning: {no_reference(config, models)}", file=sys.stderr)
     problems = load_eval_problems(config)
     template = load_template(config.prompt_template)
     if config.backend == "openai":
@@ -733,7 +903,11 @@ def run_evaluate(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    factory = backend_factory or (lambda path: make_backend(config.backend, path, config))
+    workload = Workload.of(config.batch_size, config.n, config.max_tokens,
+                           (template.render(p.question) for p in problems))
+    factory = backend_factory or (
+        lambda path: make_backend(config.backend, path, config, workload)
+    )
     verify = verify or default_verifier(config.verify_timeout_s)
 
     problems_hash = sha256_file(Path(config.problems))
@@ -766,8 +940,10 @@ def run_evaluate(
     }
     from cotdistill.plots import write_plots
 
+    summary.update(decision_measures({n: r.samples for n, r in runs.items()}, summary, config))
     lengths = {name: [s.num_tokens for s in run.samples] for name, run in runs.items()}
     summary["plots"] = [str(p) for p in write_plots(summary, lengths, out)]
+    summary["plots"] += decision_plots(summary, config, out)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     report = render_report(summary, config)
     (out / REPORT).write_text(report)

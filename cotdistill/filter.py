@@ -1,10 +1,12 @@
 """Stage 2: decide, for every teacher trace, whether the student should learn from it, and why.
 
 Checks, in funnel order (each one configurable, each a reason code when it rejects):
-`invalid_record`, `contaminated`, `truncated`, `no_answer`, `too_short`, `too_long`,
-`repetition`, `no_label` / `unverifiable` / `verify_timeout` / `wrong`, `low_mean_logprob`,
-`low_token_logprob`, `low_agreement`, then among the traces that passed everything:
-`duplicate` and `over_limit` (at most K per problem in `selection_order`).
+`invalid_record`, `contaminated`, `unfinished_thinking`, `truncated`, `no_final_answer`,
+`no_answer`, `too_short`, `too_long`, `reasoning_too_long`, `answer_too_long`, `repetition`,
+`no_label` / `unverifiable` / `verify_timeout` / `wrong`, `low_mean_logprob`, `low_token_logprob`,
+`low_agreement`, then among the traces that passed everything: `duplicate` and `over_limit`
+(at most K per problem in `selection_order`). A reasoning teacher's answer is read from the
+text after its thinking (cotdistill/reasoning.py).
 
 The core works on records without files: `summarize` (one trace -> a small `Summary`),
 `decide` (all summaries -> reasons per trace) and `annotate` (trace + decision -> output row);
@@ -35,21 +37,37 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cotdistill.answers import extract_answer
-from cotdistill.config import StrictModel
+from cotdistill.answers import FALLBACK_LAST_NUMBER, extract_answer
+from cotdistill.config import StrictModel, ThinkConfig
 from cotdistill.errors import InputError
+from cotdistill.executors.slurm import resolve_shard
+from cotdistill.locking import locks_output
+from cotdistill.problems import AnswerFormat, in_shard, parse_shard
 from cotdistill.progress import progress_bar
-from cotdistill.records import Trace, dump_line, parse_line, sha256_file, write_manifest
+from cotdistill.reasoning import Markers, join_reasoning, sft_reasoning, trace_reasoning
+from cotdistill.records import Trace, dump_line, sha256_file, write_manifest
+from cotdistill.textstats import ngrams, repeat_share
+from cotdistill.traces_in import (
+    ReadStats,
+    TraceFields,
+    TraceLine,
+    checks_not_run,
+    read_traces,
+)
 from cotdistill.verify import Verdict, VerifyStats, answer_key, check_answers
 
 # Funnel order: a rejected trace is counted at the first of these it fails.
 CHECKS: tuple[str, ...] = (
     "invalid_record",
     "contaminated",
+    "unfinished_thinking",
     "truncated",
+    "no_final_answer",
     "no_answer",
     "too_short",
     "too_long",
+    "reasoning_too_long",
+    "answer_too_long",
     "repetition",
     "no_label",
     "unverifiable",
@@ -65,12 +83,46 @@ _ORDER = {name: i for i, name in enumerate(CHECKS)}
 GOLD_KEY = "\x00gold"  # the answer key of every answer verified equal to the gold answer
 
 SelectionKey = Literal["mean_logprob", "min_logprob", "shortest", "longest", "input_order"]
+# answer_from_reasoning reads the answer from this many final characters of the thinking.
+REASONING_TAIL = 1000
 SKETCH_SIZE = 32  # hashes kept per trace for near-duplicate detection (bottom-k MinHash)
 
 
 class FilterConfig(StrictModel):
     traces: list[Path] = Field(
-        default_factory=list, description="Traces files written by `cotdistill generate`."
+        default_factory=list,
+        description="Traces files: written by `cotdistill generate`, or by other tools (a "
+        "question and a completion or `generations` list per line, or a `messages` "
+        "conversation ending with the assistant's turn).",
+    )
+    question_field: list[str] = Field(
+        default_factory=lambda: list(TraceFields.question),
+        description="Other tools' traces: candidate fields for the question, first present wins.",
+    )
+    completion_field: list[str] = Field(
+        default_factory=lambda: list(TraceFields.completion),
+        description="Other tools' traces: candidate fields for the completion (a text, or a "
+        "list of texts: one trace each).",
+    )
+    answer_field: list[str] = Field(
+        default_factory=lambda: list(TraceFields.answer),
+        description="Other tools' traces: candidate fields for the gold answer or solution.",
+    )
+    id_field: list[str] = Field(
+        default_factory=lambda: list(TraceFields.id),
+        description="Other tools' traces: candidate fields for the problem id; none present: "
+        "an id from the question text.",
+    )
+    answer_format: AnswerFormat = Field(
+        "auto",
+        description="Other tools' traces: how to read the gold answer (`#### x`, last "
+        "\\boxed{x}, as it is, or auto).",
+    )
+    qualify_ids: bool = Field(
+        False,
+        description="Prefix ids taken from a field with their file's name, so files that "
+        "number their problems the same way are never merged (default: such a collision is "
+        "an error naming both files).",
     )
     out: Path | None = Field(None, description="Output directory.")
     decontaminate: list[Path] = Field(
@@ -84,23 +136,23 @@ class FilterConfig(StrictModel):
         description="Words in a shared n-gram that counts as contamination; an evaluation "
         "question shorter than this must appear whole.",
     )
-    fallback_last_number: bool = Field(
-        True, description="Take the last number as the answer when no explicit answer is found."
-    )
+    fallback_last_number: bool = FALLBACK_LAST_NUMBER
     require_correct: bool = Field(
         True, description="Keep only traces whose answer matches the label (gold or majority)."
     )
     use_majority_when_no_gold: bool = Field(
         True,
-        description="For problems without gold, use the majority answer as the label when "
-        "at least 2 samples agree at min_agreement (and at least half of them).",
+        description="For problems without gold, use the most common answer as the label when "
+        "at least 2 samples give it, they are at least half of the samples, and no other "
+        "answer is given as often (one vote or a tie labels nothing: no_label); "
+        "min_agreement still applies (low_agreement).",
     )
     min_agreement: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
         description="Reject traces of problems with several samples whose agreement (share of "
-        "samples giving the majority answer) is below this.",
+        "samples giving the most common answer) is below this; equal passes.",
     )
     min_mean_logprob: float | None = Field(
         None, le=0.0, description="Reject traces whose mean token logprob is below this."
@@ -121,6 +173,25 @@ class FilterConfig(StrictModel):
     min_tokens: int = Field(0, ge=0, description="Reject traces with fewer completion tokens.")
     max_tokens: int | None = Field(
         None, gt=0, description="Reject traces with more completion tokens."
+    )
+    think_start: str = ThinkConfig.model_fields["think_start"]
+    think_end: str = ThinkConfig.model_fields["think_end"]
+    drop_unfinished_thinking: bool = Field(
+        True, description="Reject traces that stopped inside the thinking (reasoning teachers)."
+    )
+    require_final_answer: bool = Field(
+        True, description="Reject traces whose thinking finished with nothing after it."
+    )
+    answer_from_reasoning: bool = Field(
+        False,
+        description="When the text after the thinking has no answer, read one from the end of "
+        "the thinking (off: an answer tried inside the thinking never counts).",
+    )
+    max_reasoning_tokens: int | None = Field(
+        None, gt=0, description="Reject traces with more thinking tokens."
+    )
+    max_answer_tokens: int | None = Field(
+        None, gt=0, description="Reject traces with more tokens after the thinking."
     )
     dedup: Literal["off", "exact", "near"] = Field(
         "near",
@@ -153,6 +224,17 @@ class FilterConfig(StrictModel):
         False, description="Put malformed lines in rejected.jsonl instead of stopping."
     )
     dry_run: bool = Field(False, description="Print the funnel without writing anything.")
+    shard: str | None = Field(
+        None, pattern=r"^(\d+/\d+|auto)$",
+        description="I/N: filter only the problems of shard I of N (the same split as "
+        "`generate --shard`), so shards filter apart with the same decontamination set; auto: "
+        "this Slurm array task's shard. Combine the outputs with --merge.",
+    )
+    merge: list[Path] = Field(
+        default_factory=list,
+        description="Filter output folders (of --shard runs) to combine into --out: kept, "
+        "rejected and sft concatenated, reports added up; no traces are read or re-checked.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,18 +243,6 @@ class FilterConfig(StrictModel):
 
 def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def ngrams(words: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
-    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def repeat_share(text: str, n: int) -> float:
-    """Share of word n-grams that repeat an earlier one (0 for text shorter than n words)."""
-    grams = list(ngrams(text.split(), n))
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
 
 
 def text_sketch(text: str, size: int = SKETCH_SIZE) -> bytes:
@@ -232,6 +302,10 @@ class Summary:
     agreement: float | None = None
     reasons: tuple[str, ...] = ()
     error: str | None = field(default=None)
+    # Reasoning teachers only (None otherwise): see cotdistill/reasoning.py.
+    reasoning_tokens: int | None = None
+    answer_tokens: int | None = None
+    finished_thinking: bool | None = None
 
 
 def confidence(trace: Trace) -> tuple[float | None, float | None]:
@@ -247,20 +321,36 @@ def confidence(trace: Trace) -> tuple[float | None, float | None]:
 def summarize(
     trace: Trace, config: FilterConfig, contaminated: Callable[[str], bool] | None = None
 ) -> Summary:
-    """Extract the answer and run the checks that need only this trace."""
+    """Extract the answer and run the checks that need only this trace.
+
+    A reasoning teacher's answer is read from what follows its thinking only (an answer tried
+    and abandoned inside the thinking is not one), unless `answer_from_reasoning`.
+    """
     mean, low = confidence(trace)
-    predicted = extract_answer(trace.completion, config.fallback_last_number)
+    view = trace_reasoning(trace, Markers(config.think_start, config.think_end))
+    predicted = extract_answer(view.answer_text, config.fallback_last_number)
+    if predicted is None and config.answer_from_reasoning and view.reasoning:
+        predicted = extract_answer(view.reasoning[-REASONING_TAIL:], config.fallback_last_number)
     early: list[str] = []
     if contaminated is not None and contaminated(trace.question):
         early.append("contaminated")
+    if config.drop_unfinished_thinking and view.finished_thinking is False:
+        early.append("unfinished_thinking")
     if config.drop_truncated and trace.finish_reason == "length":
         early.append("truncated")
+    if config.require_final_answer and view.finished_thinking and not view.answer_text.strip():
+        early.append("no_final_answer")
     if config.require_answer and predicted is None:
         early.append("no_answer")
-    if trace.num_tokens < config.min_tokens:
+    if trace.num_tokens is not None and trace.num_tokens < config.min_tokens:
         early.append("too_short")
-    if config.max_tokens is not None and trace.num_tokens > config.max_tokens:
+    if (config.max_tokens is not None and trace.num_tokens is not None
+            and trace.num_tokens > config.max_tokens):
         early.append("too_long")
+    if _over(view.reasoning_tokens, config.max_reasoning_tokens):
+        early.append("reasoning_too_long")
+    if view.reasoning is not None and _over(view.answer_tokens, config.max_answer_tokens):
+        early.append("answer_too_long")
     if (
         config.max_repeat_ngram_share is not None
         and repeat_share(trace.completion, config.repeat_ngram) > config.max_repeat_ngram_share
@@ -272,17 +362,24 @@ def summarize(
         key = predicted  # one string object, not two: summaries stay small
     return Summary(
         problem_id=sys.intern(trace.problem_id),
-        teacher=sys.intern(trace.teacher),
+        teacher=sys.intern(trace.teacher or "unknown"),
         gold=trace.gold_answer,
         predicted=predicted,
         key=key,
         mean_logprob=mean,
         min_logprob=low,
-        num_tokens=trace.num_tokens,
+        num_tokens=trace.num_tokens or 0,
         text_hash=int.from_bytes(hashlib.blake2b(normalized.encode(), digest_size=8).digest()),
         sketch=text_sketch(normalized) if config.dedup == "near" else b"",
         early=tuple(early),
+        reasoning_tokens=view.reasoning_tokens,
+        answer_tokens=view.answer_tokens if view.reasoning is not None else None,
+        finished_thinking=view.finished_thinking,
     )
+
+
+def _over(value: int | None, limit: int | None) -> bool:
+    return limit is not None and value is not None and value > limit
 
 
 def invalid_summary(error: str) -> Summary:
@@ -308,15 +405,21 @@ def check_logprobs_present(
 
 
 def _majority(keys: list[str | None]) -> tuple[str | None, float]:
-    """(majority answer key, agreement); ties go to the answer seen first."""
+    """(majority answer key, agreement) over the samples of one problem.
+
+    Agreement is the share of samples that give the most common answer (samples with no answer
+    count in the denominator, not as votes). The majority answer is None unless at least 2
+    samples give it, at least half of all samples give it, and no other answer is given as
+    often: one vote, a plurality of a scattered set, or a tie labels nothing.
+    """
     counts = Counter(k for k in keys if k is not None)
     if not counts:
         return None, 0.0
-    first = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    best = max(counts, key=lambda k: (counts[k], -first[k]))
-    return best, counts[best] / len(keys)
+    ranked = counts.most_common(2)
+    top = ranked[0][1]
+    tied = len(ranked) > 1 and ranked[1][1] == top
+    best = None if top < 2 or tied or 2 * top < len(keys) else ranked[0][0]
+    return best, top / len(keys)
 
 
 def _sort_key(order: Sequence[SelectionKey]) -> Callable[[tuple[int, Summary]], tuple]:
@@ -380,13 +483,9 @@ def decide(
         for i in members:
             summaries[i].agreement = agreement if several else None
         gold = summaries[members[0]].gold
-        if (
-            gold is None
-            and config.use_majority_when_no_gold
-            and several
-            and best is not None
-            and agreement >= max(config.min_agreement, 0.5)
-        ):
+        # min_agreement does not gate the label: a labelled problem whose agreement is too low
+        # is rejected below as low_agreement, which says more than no_label would.
+        if gold is None and config.use_majority_when_no_gold and best is not None:
             majority_key[problem] = best
 
     for s in summaries:
@@ -470,12 +569,25 @@ def annotate(data: dict[str, Any], s: Summary) -> dict[str, Any]:
 
 
 def sft_row(data: dict[str, Any]) -> dict[str, Any]:
-    """TRL conversational format: the prompt messages as generated plus the completion."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    """TRL conversational format: the prompt messages as generated plus the completion.
+
+    Traces from other tools may have no prompt messages: the question is then the user turn.
+    A reasoning teacher's thinking goes back in the assistant turn inside `<think>` markers,
+    and the record keeps `reasoning` / `answer_text` so training can format it otherwise.
+    """
+    prompt = data.get("messages") or [{"role": "user", "content": data["question"]}]
+    messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    thinking = sft_reasoning(data)
+    content = data["completion"] if not thinking else join_reasoning(
+        thinking["reasoning"], thinking["answer_text"], finished=thinking["finished_thinking"]
+    )
     return {
-        "messages": [*messages, {"role": "assistant", "content": data["completion"]}],
+        "messages": [*messages, {"role": "assistant", "content": content}],
         "problem_id": data["problem_id"],
-        "teacher": data["teacher"],
+        # With problem_id, the key of the teacher's stored top-k logprobs (cotdistill/topk.py).
+        "sample_index": data.get("sample_index"),
+        "teacher": data.get("teacher"),
+        **thinking,
     }
 
 
@@ -564,6 +676,7 @@ def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None)
         "teacher_accuracy": accuracy,
         "confidence": conf,
         "kept_per_problem": {str(k): v for k, v in sorted(kept_per_problem.items())},
+        "reasoning": reasoning_report(valid),
         "verification": None if stats is None else {
             "pairs": stats.pairs, "fast_path": stats.fast_path,
             "unique_checked_with_math_verify": stats.unique_checked,
@@ -573,6 +686,85 @@ def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None)
     }
 
 
+def reasoning_report(summaries: Sequence[Summary]) -> dict[str, Any] | None:
+    """Thinking lengths of correct vs wrong traces (long wrong traces: overthinking); None
+    when no trace has thinking."""
+    thinking = [s for s in summaries if s.finished_thinking is not None]
+    if not thinking:
+        return None
+    lengths: dict[str, Any] = {}
+    for name, flag in (("correct", True), ("wrong", False)):
+        group = [s for s in thinking if s.correct is flag]
+        lengths[name] = {
+            "reasoning_tokens": _quantiles(
+                [s.reasoning_tokens for s in group if s.reasoning_tokens is not None]),
+            "answer_tokens": _quantiles(
+                [s.answer_tokens for s in group if s.answer_tokens is not None]),
+        }
+    return {
+        "traces_with_thinking": len(thinking),
+        "unfinished_thinking": sum(1 for s in thinking if s.finished_thinking is False),
+        **lengths,
+    }
+
+
+def plot_reasoning_lengths(summaries: Sequence[Summary], path: Path) -> bool:
+    """Histogram of thinking tokens, correct vs wrong traces; False when there is nothing."""
+    def values_of(flag: bool) -> list[int]:
+        return [s.reasoning_tokens for s in summaries
+                if s.correct is flag and s.reasoning_tokens is not None]
+
+    correct, wrong = values_of(True), values_of(False)
+    if not correct and not wrong:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    high = max(correct + wrong) + 1
+    for label, data in (("correct", correct), ("wrong", wrong)):
+        if data:
+            ax.hist(data, bins=30, range=(0, high), alpha=0.6, label=f"{label} ({len(data)})")
+    ax.set_xlabel("thinking tokens")
+    ax.set_ylabel("traces")
+    ax.set_title("Thinking length: correct vs wrong traces")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _reasoning_markdown(report: dict[str, Any], plot: str | None) -> list[str]:
+    r = report.get("reasoning")
+    if not r:
+        return []
+    parts = [
+        "",
+        "## Thinking length (tokens) of correct vs wrong traces",
+        "",
+        f"{r['traces_with_thinking']} traces have thinking; {r['unfinished_thinking']} stopped "
+        "inside it. Long wrong traces are the usual overthinking signature.",
+        "",
+        "| traces | part | count | mean | p10 | p50 | p90 | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("correct", "wrong"):
+        for part in ("reasoning_tokens", "answer_tokens"):
+            q = r[name][part]
+            label = part.removesuffix("_tokens")
+            if q:
+                parts.append(f"| {name} | {label} | {q['count']} | {q['mean']} | {q['p10']} | "
+                             f"{q['p50']} | {q['p90']} | {q['max']} |")
+            else:
+                parts.append(f"| {name} | {label} | 0 | | | | | |")
+    if plot:
+        parts += ["", f"![thinking length]({plot})"]
+    return parts
+
+
 def funnel_table(report: dict[str, Any]) -> str:
     lines = ["| check | in | rejected | out |", "|---|---:|---:|---:|"]
     for step in report["funnel"]["steps"]:
@@ -580,7 +772,9 @@ def funnel_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(report: dict[str, Any], plot: str | None) -> str:
+def report_markdown(
+    report: dict[str, Any], plot: str | None, reasoning_plot: str | None = None
+) -> str:
     f = report["funnel"]
     parts = [
         "# Filter report",
@@ -593,6 +787,9 @@ def report_markdown(report: dict[str, Any], plot: str | None) -> str:
         "",
         funnel_table(report),
         "",
+        *(["## Checks that could not run", "",
+           *(f"- {note}" for note in report.get("checks_not_run", [])), ""]
+          if report.get("checks_not_run") else []),
         "## Reasons (a trace can have several)",
         "",
         "| reason | traces |",
@@ -623,6 +820,7 @@ def report_markdown(report: dict[str, Any], plot: str | None) -> str:
             parts.append(f"| {name} | 0 | | | | |")
     if plot:
         parts += ["", f"![confidence]({plot})"]
+    parts += _reasoning_markdown(report, reasoning_plot)
     return "\n".join(parts) + "\n"
 
 
@@ -684,13 +882,27 @@ def filter_traces(
 # Files
 
 
-def _lines(paths: Sequence[Path]) -> Iterator[tuple[Path, int, str]]:
-    """(file, line number, text) of every non-blank line, in the same order on every pass."""
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield path, lineno, line
+def trace_fields(config: FilterConfig) -> TraceFields:
+    return TraceFields(
+        question=tuple(config.question_field),
+        completion=tuple(config.completion_field),
+        answer=tuple(config.answer_field),
+        id=tuple(config.id_field),
+        answer_format=config.answer_format,
+        qualify_ids=config.qualify_ids,
+    )
+
+
+def _lines(
+    paths: Sequence[Path], fields: TraceFields | None = None
+) -> Iterator[tuple[Path, int, str]]:
+    """(file, line number, text) of every trace, in the same order on every pass.
+
+    The text is the line as written for cotdistill's own traces; a foreign record becomes one
+    normalised trace line per completion (see `traces_in`).
+    """
+    for item in read_traces(paths, fields or TraceFields(), validate=False):
+        yield item.path, item.line, item.text
 
 
 def _check_inputs(config: FilterConfig) -> None:
@@ -712,8 +924,26 @@ def load_contamination(config: FilterConfig) -> Contamination | None:
     return Contamination(questions, config.decontaminate_ngram)
 
 
-def first_pass(config: FilterConfig, index: Contamination | None) -> list[Summary]:
-    """Read every trace once, keeping only its summary; bad input stops here, before writing."""
+def check_lengths_present(
+    trace: Trace, config: FilterConfig, file: Path | str | None = None, line: int | None = None
+) -> None:
+    """A length threshold on traces without `num_tokens` is a configuration error."""
+    asked = config.min_tokens > 0 or config.max_tokens is not None
+    if asked and trace.num_tokens is None:
+        raise InputError(
+            "min_tokens / max_tokens is set but this trace has no num_tokens (drop the "
+            "threshold for traces from other tools)",
+            file=file, line=line, field="num_tokens",
+        )
+
+
+def first_pass(
+    config: FilterConfig, index: Contamination | None, stats: ReadStats | None = None
+) -> list[Summary]:
+    """Read every trace once, keeping only its summary; bad input stops here, before writing.
+
+    `stats` (if given) counts the traces that lack what some checks need.
+    """
     summaries: list[Summary] = []
     contaminated: dict[str, bool] = {}
 
@@ -725,17 +955,16 @@ def first_pass(config: FilterConfig, index: Contamination | None) -> list[Summar
     total = sum(Path(p).stat().st_size for p in config.traces)
     bar = progress_bar(total, "filter: read", unit="B", scale=True)
     try:
-        for path, lineno, line in _lines(config.traces):
-            bar.update(len(line))  # characters: close enough to bytes
-            try:
-                trace = parse_line(line, Trace, path, lineno)
-            except InputError as exc:
+        for item in shard_traces(config, stats=stats):
+            bar.update(item.size)  # characters: close enough to bytes
+            if item.trace is None:
                 if not config.skip_invalid:
-                    raise
-                summaries.append(invalid_summary(str(exc)))
+                    raise item.error  # type: ignore[misc]
+                summaries.append(invalid_summary(str(item.error)))
                 continue
-            summary = summarize(trace, config, leak if index is not None else None)
-            check_logprobs_present(summary, config, path, lineno)
+            summary = summarize(item.trace, config, leak if index is not None else None)
+            check_logprobs_present(summary, config, item.path, item.line)
+            check_lengths_present(item.trace, config, item.path, item.line)
             summaries.append(summary)
     finally:
         bar.close()
@@ -750,8 +979,14 @@ def _write_outputs(config: FilterConfig, summaries: list[Summary], out: Path) ->
     counts = dict.fromkeys(names, 0)
     handles = {name: open(tmp[name], "w", encoding="utf-8") for name in names}  # noqa: SIM115
     bar = progress_bar(len(summaries), "filter: write", unit="trace")
+    changed = "traces files changed while filtering; run again"
+    complete = False
     try:
-        for position, (path, lineno, line) in enumerate(_lines(config.traces)):
+        for position, (path, lineno, line) in enumerate(
+            (item.path, item.line, item.text) for item in shard_traces(config, validate=False)
+        ):
+            if position >= len(summaries):  # a shard still being written grew since pass 1
+                raise InputError(changed, file=path, line=lineno)
             s = summaries[position]
             if s.problem_id is None:
                 row = {"source": f"{path}:{lineno}", "raw": line.rstrip("\n"),
@@ -769,23 +1004,33 @@ def _write_outputs(config: FilterConfig, summaries: list[Summary], out: Path) ->
             if position % 512 == 0:
                 bar.update(min(512, len(summaries) - bar.n))
         bar.update(len(summaries) - bar.n)
+        if sum(counts[n] for n in ("kept.jsonl", "rejected.jsonl")) != len(summaries):
+            raise InputError(changed, file=config.traces[-1])
+        complete = True
     finally:
         bar.close()
         for fh in handles.values():
             fh.close()
-    if sum(counts[n] for n in ("kept.jsonl", "rejected.jsonl")) != len(summaries):
-        raise InputError("traces files changed while filtering; run again", file=config.traces[0])
+        if not complete:  # no half-written outputs left beside the old ones
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
     for name in names:
         os.replace(tmp[name], out / name)
     return counts
 
 
+@locks_output("filter")
 def run_filter(config: FilterConfig) -> dict[str, Any]:
     """Filter `config.traces` into `config.out`; returns the manifest (the report on dry runs)."""
     started = time.time()
+    if config.merge:
+        return merge_filtered(config)
+    if config.shard == "auto":  # a Slurm array task: which shard it is comes from Slurm
+        config = config.model_copy(update={"shard": resolve_shard(config.shard)})
     _check_inputs(config)
     index = load_contamination(config)
-    summaries = first_pass(config, index)
+    read_stats = ReadStats()
+    summaries = first_pass(config, index, read_stats)
     stats = VerifyStats()
     need = sum(1 for s in summaries if s.gold is not None and s.predicted is not None)
     bar = progress_bar(need, "filter: verify", unit="trace")
@@ -794,6 +1039,11 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     finally:
         bar.close()
     report = build_report(summaries, stats)
+    # Traces from other tools lack some fields: say once which checks could not run.
+    report["checks_not_run"] = checks_not_run(read_stats)
+    report["traces_from_other_tools"] = read_stats.foreign
+    for note in report["checks_not_run"]:
+        print(f"filter: {note}")
     if config.dry_run:
         f = report["funnel"]
         print(funnel_table(report))
@@ -807,7 +1057,9 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     counts = _write_outputs(config, summaries, out)
     plot = "confidence.png" if plot_confidence(summaries, out / "confidence.png") else None
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report, plot))
+    lengths_plot = out / "reasoning_lengths.png"
+    lengths = lengths_plot.name if plot_reasoning_lengths(summaries, lengths_plot) else None
+    (out / "report.md").write_text(report_markdown(report, plot, lengths))
     inputs = {str(p): sha256_file(Path(p)) for p in [*config.traces, *config.decontaminate]}
     f = report["funnel"]
     manifest = write_manifest(
@@ -823,4 +1075,258 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     )
     print(f"filter: {f['traces_in']} traces, {f['kept']} kept, {f['rejected']} rejected, "
           f"coverage {report['coverage']['share']} -> {out}")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: filter one shard of the traces, then merge the shards' outputs
+
+
+def _shard_key(item: TraceLine) -> str:
+    """What decides a line's shard: its problem id (as generate splits), else its place.
+
+    The same on both passes: a line that cannot be read as a trace still goes to exactly one
+    shard (by file and line), so every line is counted once over all shards.
+    """
+    if item.trace is not None:
+        return item.trace.problem_id
+    try:
+        data = json.loads(item.text)
+    except json.JSONDecodeError:
+        data = None
+    pid = data.get("problem_id") if isinstance(data, dict) else None
+    return pid if isinstance(pid, str) else f"{item.path}:{item.line}"
+
+
+def shard_traces(
+    config: FilterConfig, validate: bool = True, stats: ReadStats | None = None
+) -> Iterator[TraceLine]:
+    """`read_traces` over config.traces, keeping only `config.shard`'s lines when it is set."""
+    if config.shard is None:
+        yield from read_traces(config.traces, trace_fields(config), validate=validate,
+                               stats=stats)
+        return
+    index, count = parse_shard(config.shard)
+    # The reader counts each line before yielding it; only this shard's counts are passed on.
+    seen = ReadStats()
+    before = (0, 0, Counter())
+    for item in read_traces(config.traces, trace_fields(config), validate=validate, stats=seen):
+        mine = in_shard(_shard_key(item), index, count)
+        if mine and stats is not None:
+            stats.traces += seen.traces - before[0]
+            stats.foreign += seen.foreign - before[1]
+            stats.missing.update(seen.missing - before[2])
+        before = (seen.traces, seen.foreign, Counter(seen.missing))
+        if mine:
+            yield item
+
+
+OUTPUTS = ("kept.jsonl", "rejected.jsonl", "sft.jsonl")
+# Keys that may differ between the shards of one filter run; any other is an error to merge.
+PER_SHARD_KEYS = {"traces", "out", "shard", "merge", "dry_run", "verify_processes"}
+
+
+def _read_shard(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(manifest, report) of one finished filter output folder."""
+    from cotdistill.records import read_manifest
+
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("stage") != "filter":
+        raise InputError("not a finished filter output (no filter manifest.json)", file=folder)
+    missing = [n for n in (*OUTPUTS, "report.json") if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"missing {', '.join(missing)}", file=folder)
+    return manifest, json.loads((folder / "report.json").read_text())
+
+
+def check_shard_set(folders: Sequence[Path], manifests: Sequence[dict[str, Any]]) -> None:
+    """The folders are the shards of one filter run: same settings, each shard once, none
+    missing (folders filtered without --shard are merged as they are)."""
+    first = manifests[0]["config"]
+    for folder, manifest in zip(folders, manifests, strict=True):
+        for key in sorted(set(first) | set(manifest["config"])):
+            if key not in PER_SHARD_KEYS and manifest["config"].get(key) != first.get(key):
+                raise InputError(
+                    f"filtered with {key}={manifest['config'].get(key)!r}, but {folders[0]} "
+                    f"with {first.get(key)!r}: shards of one dataset must share their settings",
+                    file=folder, field=key)
+    specs = [m["config"].get("shard") for m in manifests]
+    if not any(specs):
+        return
+    if not all(specs):
+        raise InputError("some folders were filtered with --shard and some without",
+                         file=folders[specs.index(None)], field="shard")
+    parsed = [parse_shard(s) for s in specs]
+    counts = {n for _, n in parsed}
+    if len(counts) > 1:
+        raise InputError(f"shards of different splits: {', '.join(specs)}", field="shard")
+    count = counts.pop()
+    indices = [i for i, _ in parsed]
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    if twice:
+        raise InputError(f"shard {twice[0]}/{count} is given twice", field="shard")
+    absent = sorted(set(range(count)) - set(indices))
+    if absent:
+        raise InputError(f"shards {', '.join(f'{i}/{count}' for i in absent)} are missing "
+                         "(merge all N shards, or filter the missing ones first)", field="shard")
+
+
+def _concatenate(folders: Sequence[Path], out: Path) -> tuple[dict[str, int], list[dict]]:
+    """Write the shards' outputs one after another into `out`; a problem found in two shards
+    stops the merge before anything replaces the old outputs. Returns line counts and, for the
+    report, each trace row's confidence fields."""
+    owner: dict[str, Path] = {}
+    counts = dict.fromkeys(OUTPUTS, 0)
+    rows: list[dict[str, Any]] = []
+    tmp = {name: out / (name + ".tmp") for name in OUTPUTS}
+    complete = False
+    handles = {name: open(tmp[name], "w", encoding="utf-8") for name in OUTPUTS}  # noqa: SIM115
+    try:
+        for folder in folders:
+            mine: set[str] = set()
+            for name in OUTPUTS:
+                with open(folder / name, encoding="utf-8") as fh:
+                    for lineno, line in enumerate(fh, start=1):
+                        handles[name].write(line)
+                        counts[name] += 1
+                        if name == "sft.jsonl":
+                            continue
+                        row = json.loads(line)
+                        pid = row.get("problem_id")
+                        if pid is None:  # an unreadable input line, set aside with its error
+                            continue
+                        if owner.get(pid, folder) != folder:
+                            raise InputError(f"problem {pid!r} is in two shards ({owner[pid]} "
+                                             f"and {folder})", file=folder / name,
+                                             line=lineno, field="problem_id")
+                        mine.add(pid)
+                        rows.append({k: row.get(k) for k in (
+                            "correct", "mean_logprob", "min_logprob", "problem_id", "reasons",
+                            "reasoning_tokens", "answer_tokens", "finished_thinking")})
+            owner.update(dict.fromkeys(mine, folder))
+        complete = True
+    finally:
+        for fh in handles.values():
+            fh.close()
+        if not complete:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+    for name in OUTPUTS:
+        os.replace(tmp[name], out / name)
+    return counts, rows
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Add two reports' numbers key by key (lists of funnel steps by their check name)."""
+    if isinstance(a, bool) or a is None or b is None:
+        return a if b is None else b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a + b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _add(a.get(k), b.get(k)) for k in {**a, **b}}
+    return a
+
+
+def merge_reports(reports: Sequence[dict[str, Any]], rows: Sequence[dict]) -> dict[str, Any]:
+    """One report for the union of disjoint shards: counts added up, shares and quantiles
+    computed again over all traces."""
+    steps: dict[str, dict[str, int]] = {}
+    for report in reports:
+        for step in report["funnel"]["steps"]:
+            prev = steps.get(step["check"], {"in": 0, "rejected": 0, "out": 0})
+            steps[step["check"]] = {k: prev[k] + step[k] for k in ("in", "rejected", "out")}
+    funnel_total = {
+        key: sum(r["funnel"][key] for r in reports) for key in ("traces_in", "kept", "rejected")
+    }
+    reasons: Counter[str] = Counter()
+    for report in reports:
+        reasons.update(report["funnel"].get("reasons_any", {}))
+    problems = sum(r["problems"] for r in reports)
+    covered = sum(r["coverage"]["problems_with_kept_trace"] for r in reports)
+    accuracy: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for teacher, acc in report["teacher_accuracy"].items():
+            accuracy[teacher] = _add(accuracy.get(teacher, {}), acc)
+    for acc in accuracy.values():
+        acc["accuracy"] = (round(acc["correct"] / acc["traces_with_gold"], 4)
+                           if acc.get("traces_with_gold") else None)
+    conf: dict[str, Any] = {}
+    for name, flag in (("correct", True), ("wrong", False)):
+        logps = [r["mean_logprob"] for r in rows
+                 if r["correct"] is flag and r["mean_logprob"] is not None]
+        mins = [r["min_logprob"] for r in rows
+                if r["correct"] is flag and r["min_logprob"] is not None]
+        conf[name] = {"mean_logprob": _quantiles(logps),
+                      "mean_prob": _quantiles([math.exp(v) for v in logps]),
+                      "min_logprob": _quantiles(mins)}
+    thinking = None
+    if any(r.get("reasoning") for r in reports):
+        thinking = reasoning_report([
+            Summary(problem_id=r["problem_id"], correct=r["correct"],
+                    reasons=tuple(r["reasons"] or ()), reasoning_tokens=r["reasoning_tokens"],
+                    answer_tokens=r["answer_tokens"], finished_thinking=r["finished_thinking"])
+            for r in rows])
+    verification = [r["verification"] for r in reports if r.get("verification")]
+    merged_verification: Any = None
+    for v in verification:
+        merged_verification = _add(merged_verification or {}, v)
+    kept_per_problem: dict[str, int] = {}
+    for report in reports:
+        kept_per_problem = _add(kept_per_problem, report.get("kept_per_problem", {}))
+    return {
+        "funnel": {**funnel_total,
+                   "steps": [{"check": c, **counts} for c, counts in steps.items()],
+                   "reasons_any": dict(sorted(reasons.items(),
+                                              key=lambda kv: _ORDER.get(kv[0], len(_ORDER))))},
+        "problems": problems,
+        "problems_with_gold": sum(r["problems_with_gold"] for r in reports),
+        "majority_labelled_traces": sum(r["majority_labelled_traces"] for r in reports),
+        "coverage": {"problems_with_kept_trace": covered,
+                     "share": round(covered / problems, 4) if problems else None},
+        "teacher_accuracy": accuracy,
+        "confidence": conf,
+        "kept_per_problem": dict(sorted(kept_per_problem.items(), key=lambda kv: int(kv[0]))),
+        "reasoning": thinking,
+        "verification": merged_verification,
+        "checks_not_run": sorted({n for r in reports for n in r.get("checks_not_run", [])}),
+        "traces_from_other_tools": sum(r.get("traces_from_other_tools") or 0 for r in reports),
+    }
+
+
+def merge_filtered(config: FilterConfig) -> dict[str, Any]:
+    """`filter --merge DIR... --out OUT`: the shards' outputs as one filter output."""
+    started = time.time()
+    if config.out is None:
+        raise InputError("filter --merge needs --out DIR", field="out")
+    if config.traces:
+        raise InputError("--merge combines filtered folders; give --traces or --merge, not both",
+                         field="merge")
+    folders = [Path(f) for f in config.merge]
+    out = Path(config.out)
+    if out.resolve() in {f.resolve() for f in folders}:
+        raise InputError("--out must not be one of the merged folders", field="out")
+    read = [_read_shard(f) for f in folders]
+    manifests = [m for m, _ in read]
+    check_shard_set(folders, manifests)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # incomplete until this merge finishes
+    counts, rows = _concatenate(folders, out)
+    report = merge_reports([r for _, r in read], rows)
+    report["shards"] = [
+        {"folder": str(f), "shard": m["config"].get("shard"), "funnel": r["funnel"]["traces_in"],
+         "kept": r["funnel"]["kept"]} for f, (m, r) in zip(folders, read, strict=True)]
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report, None, None))
+    f = report["funnel"]
+    manifest = write_manifest(
+        out, stage="filter", config=config,
+        inputs={str(folder / n): sha256_file(folder / n) for folder in folders for n in OUTPUTS},
+        counts={"traces_in": f["traces_in"], "kept": f["kept"], "rejected": f["rejected"],
+                "sft": counts["sft.jsonl"], "problems": report["problems"],
+                "problems_covered": report["coverage"]["problems_with_kept_trace"]},
+        started=started,
+        extra={"funnel": f["steps"], "merged_from": [str(f) for f in folders]},
+    )
+    print(f"filter: merged {len(folders)} folders: {f['traces_in']} traces, {f['kept']} kept, "
+          f"{f['rejected']} rejected, coverage {report['coverage']['share']} -> {out}")
     return manifest

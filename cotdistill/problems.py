@@ -2,6 +2,9 @@
 
 Everything is validated before any model is loaded: an unreadable file, a missing or empty
 question, or a duplicate id stops with an InputError naming the file, line and field.
+Text files may start with a UTF-8 byte-order mark (Excel writes one). A question can be built
+from several fields with a format string (`template="{Body} {Question}"`), and a category
+field (`subject`, `level`) is kept on every problem.
 
     problems = load_problems(Path("data/train.jsonl"), ProblemFields())
     mine = [p for p in problems if in_shard(p.id, 0, 4)]
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,9 @@ class ProblemFields:
     answer: tuple[str, ...] = ("answer", "solution")
     id: str = "id"
     answer_format: AnswerFormat = "auto"
+    # A format string over the row's fields; when set, it makes the question (not `question`).
+    template: str | None = None
+    category: str | None = None
 
 
 @dataclass
@@ -50,10 +57,56 @@ def in_shard(problem_id: str, index: int, count: int) -> bool:
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
+    """`I/N` -> (I, N); `auto` -> this Slurm array task's shard (cotdistill/executors/slurm.py)."""
+    if spec == "auto":
+        from cotdistill.executors.slurm import array_shard
+
+        return array_shard()
     index, count = (int(x) for x in spec.split("/"))
     if count < 1 or not 0 <= index < count:
         raise InputError(f"shard must be I/N with 0 <= I < N, got {spec}", field="shard")
     return index, count
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The row fields a question template names; a template that cannot work is an InputError.
+
+    Only plain names are allowed (`{Body}`, not `{0}`, `{}` or `{row.Body}`): the template is
+    filled from one row's mapping, nothing else.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InputError(f"bad question_template {template!r}: {exc}",
+                         field="question_template") from exc
+    names = []
+    for _, name, spec, _ in parts:
+        if name is None:
+            continue
+        if not name or name.isdigit() or any(c in name for c in ".[]") or (spec and "{" in spec):
+            raise InputError(
+                f"bad question_template {template!r}: '{{{name}}}' is not a plain field name",
+                field="question_template",
+            )
+        names.append(name)
+    if not names:
+        raise InputError(f"question_template {template!r} names no field",
+                         field="question_template")
+    return tuple(dict.fromkeys(names))
+
+
+def _templated_question(row: _Row, template: str, names: tuple[str, ...], path: Path) -> str:
+    for name in names:
+        if row.data.get(name) is None:
+            raise InputError(
+                f"question_template needs field '{name}', missing in this row",
+                file=path, line=row.line, field=name,
+            )
+    try:
+        return template.format_map(row.data)
+    except (ValueError, TypeError) as exc:  # a format spec that does not fit the value
+        raise InputError(f"question_template {template!r}: {exc}", file=path, line=row.line,
+                         field="question_template") from exc
 
 
 def _rows(path: Path) -> Iterator[_Row]:
@@ -62,14 +115,16 @@ def _rows(path: Path) -> Iterator[_Row]:
         yield from _dataset_rows(path)
         return
     suffix = path.suffix.lower()
+    # utf-8-sig: files written by Excel and some Windows tools start with a byte-order mark,
+    # which would otherwise become part of the first column's name ("\ufeffquestion").
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if line.strip():
                     yield _Row(lineno, parse_json_object(line, path, lineno))
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from exc
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -81,7 +136,7 @@ def _rows(path: Path) -> Iterator[_Row]:
                 raise InputError(f"item {index} is not an object", file=path, line=index)
             yield _Row(index, item)
     elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
             for row in reader:
                 # line_num is the last physical line read: correct for single-line rows.
@@ -142,10 +197,15 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", file=path)
+    names = template_fields(fields.template) if fields.template is not None else ()
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for row in _checked_rows(path):
-        name, question = _first_field(row.data, fields.question)
+        if fields.template is not None:
+            name = "question_template"
+            question = _templated_question(row, fields.template, names, path)
+        else:
+            name, question = _first_field(row.data, fields.question)
         if name is None:
             raise InputError(
                 f"missing question (looked for {', '.join(fields.question)})",
@@ -176,10 +236,18 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
                 field=fields.id if has_id else name,
             )
         seen[problem_id] = row.line
+        category = None
+        if fields.category is not None:
+            if row.data.get(fields.category) is None:
+                raise InputError(
+                    "category field missing in this row", file=path, line=row.line,
+                    field=fields.category,
+                )
+            category = str(row.data[fields.category])
         problems.append(
             Problem(
                 id=problem_id, question=question.strip(), gold_answer=gold,
-                source=f"{path}:{row.line}",
+                source=f"{path}:{row.line}", category=category,
             )
         )
     if not problems:

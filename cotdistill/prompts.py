@@ -36,6 +36,15 @@ class PromptTemplate:
         return messages
 
 
+def chat_template_kwargs(enable_thinking: bool | None) -> dict[str, bool]:
+    """Extra variables for the model's chat template (vLLM `chat_template_kwargs`).
+
+    Templates that read `enable_thinking` (Qwen3) switch thinking mode with it; other
+    templates ignore unknown variables, and unset means the template's own default.
+    """
+    return {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+
+
 def available_templates() -> list[str]:
     return sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
 

@@ -41,6 +41,7 @@ class Problem(Record):
     question: str
     gold_answer: str | None = None
     source: str = Field("", description="file:line the problem was read from")
+    category: str | None = Field(None, description="The row's `category_field`, if asked for.")
 
 
 class Sampling(BaseModel):
@@ -53,23 +54,37 @@ class Sampling(BaseModel):
 
 
 class Trace(Record):
-    """One teacher sample for one problem, as written by `cotdistill generate`."""
+    """One teacher sample for one problem, as written by `cotdistill generate`.
+
+    Only the problem, the question and the completion are required: traces made by other
+    tools (see `traces_in`) lack the bookkeeping fields, which are None for them.
+    """
 
     problem_id: str
-    sample_index: int
+    sample_index: int = 0
     question: str
-    gold_answer: str | None
-    messages: list[Message]
+    gold_answer: str | None = None
+    messages: list[Message] | None = None
     completion: str
-    finish_reason: str | None
-    num_tokens: int
-    mean_logprob: float | None
-    min_logprob: float | None
+    finish_reason: str | None = None
+    num_tokens: int | None = None
+    mean_logprob: float | None = None
+    min_logprob: float | None = None
     token_logprobs: list[float] | None = None
-    teacher: str
-    prompt_template: str
-    prompt_hash: str
-    sampling: Sampling
+    teacher: str | None = None
+    prompt_template: str | None = None
+    prompt_hash: str | None = None
+    sampling: Sampling | None = None
+    category: str | None = None
+    # Reasoning teachers (cotdistill/reasoning.py): `completion` stays the whole text, thinking
+    # markers included. Absent (None) in older traces; `reasoning.trace_reasoning` computes them.
+    reasoning: str | None = Field(None, description="The thinking text, null if none.")
+    answer_text: str | None = Field(None, description="What follows the thinking.")
+    reasoning_tokens: int | None = Field(None, description="Tokens of the thinking (markers in).")
+    answer_tokens: int | None = Field(None, description="Tokens after the thinking.")
+    finished_thinking: bool | None = Field(
+        None, description="False when the output stopped inside the thinking; null: no thinking."
+    )
 
 
 def sha256_text(text: str) -> str:
@@ -80,7 +95,9 @@ def sha256_file(path: Path) -> str:
     """Hash of a file, or of every file under a folder (sorted, names included)."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # `.lock` (see locking.py) says who writes the folder now, not what the folder holds.
+    files = (sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".lock")
+             if path.is_dir() else [path])
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())

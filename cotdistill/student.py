@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 
 from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
+from cotdistill.locking import locks_output
 from cotdistill.records import sha256_file, write_manifest
 
 # Annotated, so the generated `--layers` flag takes strings and `--layers 0,2,4` reaches the
@@ -153,6 +154,7 @@ def load_pretrained(cls: Any, path: str, trust_remote_code: bool, field: str) ->
         raise InputError(f"cannot load {cls.__name__}: {exc}", file=path, field=field) from exc
 
 
+@locks_output("student init")
 def run_student_init(config: StudentInitConfig) -> dict[str, Any]:
     """Write the cut student to `config.out`; returns the manifest."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

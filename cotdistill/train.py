@@ -24,7 +24,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +32,13 @@ from pydantic import Field, field_validator
 
 from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
-from cotdistill.records import Message, Record, parse_line, sha256_file, write_manifest
+from cotdistill.locking import locks_output
+from cotdistill.records import Message, Record, sha256_file, write_manifest
+from cotdistill.traces_in import sft_records
 
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
+RUN_STAMP = "run.json"  # beside the checkpoints: the data and config they were made from
 
 
 class TrainConfig(StrictModel):
@@ -71,6 +74,44 @@ class TrainConfig(StrictModel):
     )
     distill_alpha: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of T^2 * KL; CE on the trace gets 1 - alpha."
+    )
+    kd: Literal["online", "offline-topk", "on-policy"] | None = Field(
+        None,
+        description="Logit distillation: online (the --teacher model runs on each batch), "
+        "offline-topk (the teacher's top-K logprobs stored by `generate --topk-logprobs`, no "
+        "teacher loaded) or on-policy (the student samples answers to the prompts and the "
+        "--teacher scores them; TRL's GKD loop); unset: online when --teacher is given, else "
+        "plain SFT.",
+    )
+    kd_loss: Literal["forward", "reverse", "jsd"] = Field(
+        "forward", description="Online KD divergence: forward KL(p_t||p_s) (the seeds'), "
+        "reverse KL(p_s||p_t), or generalized JSD with --kd-beta (cotdistill/losses/)."
+    )
+    kd_beta: float = Field(
+        0.5, gt=0.0, lt=1.0, description="JSD mixture weight beta (m = beta p_t + (1-beta) p_s)."
+    )
+    kd_chunk_size: int = Field(
+        256, gt=0, description="Assistant tokens per chunk of the KD loss: bounds the "
+        "(tokens x vocab) fp32 tensors held at once (256 x 151,936 x 4 B = 156 MB each)."
+    )
+    kd_max_new_tokens: int = Field(
+        256, gt=0, description="--kd on-policy: tokens the student samples per prompt."
+    )
+    kd_sample_temperature: float = Field(
+        1.0, gt=0.0, description="--kd on-policy: the student's sampling temperature."
+    )
+    topk_from: list[Path] = Field(
+        default_factory=list,
+        description="--kd offline-topk: generate output folders (or their traces.jsonl) whose "
+        "topk/ holds the teacher's top-K logprobs.",
+    )
+    topk_tail: Literal["ignore", "bucket"] = Field(
+        "ignore", description="Teacher mass outside the stored K ids: ignore (renormalise over "
+        "K) or bucket (one extra outcome matched against the student's mass outside K)."
+    )
+    topk_on_mismatch: Literal["skip", "error"] = Field(
+        "skip", description="An example whose tokens differ from the teacher's sampled ids: "
+        "train it with CE only (counted and reported) or stop."
     )
     teacher_weights: dict[str, float] = Field(
         default_factory=dict,
@@ -113,12 +154,23 @@ class TrainConfig(StrictModel):
     logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
     seed: int = Field(0, description="Seed for shuffling, eval split, weights and init.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Training dtype; auto = bfloat16 on GPU, float32 on CPU."
+        "auto", description="bfloat16: bf16 mixed precision (autocast; a full fine-tune keeps "
+        "fp32 master weights); float32: no autocast; auto: bfloat16 on GPU, float32 on CPU."
     )
     attn_implementation: str | None = Field(
         None, description="Attention kernel (sdpa, flash_attention_2, eager); default: library's."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (unsafe).")
+    chat_template: Path | None = Field(
+        None,
+        description="Jinja chat template file to use instead of the student's own (e.g. one "
+        "that keeps <think> blocks in assistant turns).",
+    )
+    reasoning_format: Literal["think", "plain"] = Field(
+        "think",
+        description="Reasoning traces: think = the thinking inside <think> markers in the "
+        "assistant turn; plain = thinking then answer as plain text (survives any template).",
+    )
 
     @field_validator("teacher_weights", mode="before")
     @classmethod
@@ -153,7 +205,11 @@ class SftRecord(Record):
 
     messages: list[Message]
     problem_id: str | None = None
+    sample_index: int | None = None
     teacher: str | None = None
+    # Reasoning traces (written by the filter, see cotdistill/reasoning.py); None otherwise.
+    reasoning: str | None = None
+    answer_text: str | None = None
 
 
 @dataclass
@@ -166,6 +222,9 @@ class Example:
     problem_id: str
     file: str
     line: int
+    reasoning: str | None = None  # the thinking in the assistant turn, if a reasoning trace
+    sample_index: int | None = None  # with problem_id, the key of stored top-k rows
+    answer_text: str | None = None
 
 
 @dataclass
@@ -175,6 +234,7 @@ class Tokenized:
     teacher: str
     problem_id: str
     truncated_tokens: int = 0
+    sample_index: int | None = None
 
 
 @dataclass
@@ -211,6 +271,9 @@ def to_example(record: SftRecord, file: str, line: int) -> Example:
         problem_id=record.problem_id or f"{file}:{line}",
         file=file,
         line=line,
+        reasoning=record.reasoning,
+        answer_text=record.answer_text,
+        sample_index=record.sample_index,
     )
 
 
@@ -251,11 +314,9 @@ def load_examples(paths: Sequence[Path]) -> list[Example]:
     examples = []
     for path in paths:
         for file, line, raw in _rows(Path(path)):
-            if isinstance(raw, str):
-                record = parse_line(raw, SftRecord, file, line)
-            else:
-                record = _validate_row(raw, file, line)
-            examples.append(to_example(record, file, line))
+            # Traces (ours, or another tool's: see traces_in) become prompt + completion here.
+            for row in sft_records(raw, file, line):
+                examples.append(to_example(_validate_row(row, file, line), file, line))
     if not examples:
         raise InputError("no training records", file=", ".join(map(str, paths)), field="data")
     return examples
@@ -309,7 +370,66 @@ def tokenize_example(tokenizer: Any, example: Example, max_length: int) -> Token
         teacher=example.teacher,
         problem_id=example.problem_id,
         truncated_tokens=cut,
+        sample_index=example.sample_index,
     )
+
+
+def read_chat_template(path: Path) -> str:
+    """A Jinja chat template file (`--chat-template`), read before any model loads."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the chat template: {exc}", file=path,
+                         field="chat_template") from exc
+    if "{%" not in text and "{{" not in text:
+        raise InputError("not a Jinja chat template", file=path, field="chat_template")
+    return text
+
+
+def format_reasoning(examples: Sequence[Example], fmt: str) -> list[Example]:
+    """`plain`: a reasoning trace's assistant turn becomes thinking then answer, no markers.
+
+    `think` leaves the turn as the filter wrote it (the thinking inside `<think>` markers).
+    """
+    if fmt == "think":
+        return list(examples)
+    out = []
+    for e in examples:
+        if e.reasoning is None:
+            out.append(e)
+            continue
+        text = f"{e.reasoning}\n\n{e.answer_text or ''}".strip()
+        out.append(replace(e, completion=[{"role": "assistant", "content": text}]))
+    return out
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_reasoning_survives(tokenizer: Any, examples: Sequence[Example],
+                             template_source: Path | str) -> None:
+    """Render the first reasoning record through the chat template; the thinking must be in
+    the trained (unmasked) tokens.
+
+    Several templates (DeepSeek-R1 distills', Qwen3's for earlier turns) drop `<think>` blocks
+    from assistant turns: training would then teach the student to skip its thinking.
+    """
+    example = next((e for e in examples if e.reasoning), None)
+    if example is None:
+        return
+    row = tokenize_example(tokenizer, example, max_length=1 << 30)
+    trained = tokenizer.decode(
+        [t for t, m in zip(row.input_ids, row.completion_mask, strict=True) if m]
+    )
+    if _squeeze(example.reasoning or "") not in _squeeze(trained):
+        raise InputError(
+            "the student's chat template drops the thinking from the assistant turn, so the "
+            "student would learn to skip it; pass a template that keeps it (--chat-template "
+            f"FILE) or train the thinking as plain text (reasoning_format: plain); record "
+            f"{example.file}:{example.line} was rendered",
+            file=template_source, field="chat_template",
+        )
 
 
 def tokenize_examples(
@@ -370,15 +490,17 @@ def apply_teacher_weights(
     return out
 
 
-def to_dataset(rows: Sequence[Tokenized]) -> Any:
+def to_dataset(rows: Sequence[Tokenized], kd_first_row: int | None = None) -> Any:
+    """With `kd_first_row`, a `kd_row` column numbers the rows from it (offline top-k table)."""
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {
-            "input_ids": [r.input_ids for r in rows],
-            "completion_mask": [r.completion_mask for r in rows],
-        }
-    )
+    columns: dict[str, Any] = {
+        "input_ids": [r.input_ids for r in rows],
+        "completion_mask": [r.completion_mask for r in rows],
+    }
+    if kd_first_row is not None:
+        columns["kd_row"] = list(range(kd_first_row, kd_first_row + len(rows)))
+    return Dataset.from_dict(columns)
 
 
 # ---------------------------------------------------------------- library configs
@@ -390,12 +512,30 @@ def use_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def mixed_bf16(config: TrainConfig, cuda: bool) -> bool:
+    """bf16 autocast (`bf16=True`): asked for, or by default on GPU."""
+    return config.dtype == "bfloat16" or (config.dtype == "auto" and cuda)
+
+
 def train_dtype(config: TrainConfig, cuda: bool) -> Any:
+    """The compute dtype: bfloat16 under mixed precision, else float32."""
     import torch
 
-    if config.dtype == "auto":
-        return torch.bfloat16 if cuda else torch.float32
-    return getattr(torch, config.dtype)
+    return torch.bfloat16 if mixed_bf16(config, cuda) else torch.float32
+
+
+def weights_dtype(config: TrainConfig, cuda: bool) -> Any:
+    """The dtype the student's weights are loaded (and updated) in.
+
+    A full fine-tune keeps fp32 master weights under bf16 autocast: AdamW steps on bf16
+    parameters round away most updates at lr 2e-5 (bf16 keeps 8 bits of mantissa). LoRA's
+    base weights are frozen, so bf16 there only saves memory; peft keeps the adapters in fp32.
+    """
+    import torch
+
+    if config.lora and mixed_bf16(config, cuda):
+        return torch.bfloat16
+    return torch.float32
 
 
 def sft_config(config: TrainConfig, out: Path, has_eval: bool, cuda: bool) -> Any:
@@ -415,7 +555,7 @@ def sft_config(config: TrainConfig, out: Path, has_eval: bool, cuda: bool) -> An
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         gradient_checkpointing=config.gradient_checkpointing,
-        bf16=cuda and config.dtype != "float32",
+        bf16=mixed_bf16(config, cuda),
         use_cpu=not cuda,
         completion_only_loss=True,
         # Sequences are already cut to max_length; packing still needs the block size.
@@ -466,10 +606,12 @@ def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student_cfg: Any,
     for name in ("eos_token", "bos_token", "pad_token"):
         if getattr(student_tok, name) != getattr(teacher_tok, name):
             problems.append(f"different {name}")
-    s_vocab = student_cfg.get_text_config().vocab_size
-    t_vocab = teacher_cfg.get_text_config().vocab_size
-    if s_vocab != t_vocab:
-        problems.append(f"output sizes {s_vocab} (student) != {t_vocab} (teacher)")
+    # Output sizes may differ: embedding matrices are often padded past the tokenizer (Qwen2.5
+    # 7B: 152,064 rows, 0.5B: 151,936, both for 151,665 tokens); the loss cuts both to it.
+    for who, cfg in (("student", student_cfg), ("teacher", teacher_cfg)):
+        rows = cfg.get_text_config().vocab_size
+        if rows < len(student_tok):
+            problems.append(f"the {who} outputs {rows} logits for {len(student_tok)} tokens")
     if problems:
         raise InputError(
             "teacher and student must share a tokenizer for logit distillation: "
@@ -478,12 +620,101 @@ def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student_cfg: Any,
         )
 
 
+# Keys that change how often things are saved or logged, or where, but not the weights.
+_NOT_IN_STAMP = ("data", "out", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
+                 "resume", "merge")
+
+
+def model_fingerprint(model: str | None) -> str | None:
+    """A cheap identity for a local model folder: each top-level file's name, size and three
+    1 MiB samples (a re-cut or retrained start at the same path differs); None for hub ids."""
+    import hashlib
+
+    if model is None or not Path(model).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(model).iterdir() if p.is_file() and p.name != ".lock"):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}\n".encode())
+        with open(file, "rb") as fh:
+            for offset in sorted({0, max(size // 2 - 2**19, 0), max(size - 2**20, 0)}):
+                fh.seek(offset)
+                digest.update(fh.read(2**20))
+    return digest.hexdigest()
+
+
+def run_stamp(config: TrainConfig) -> dict[str, Any]:
+    """What the checkpoints in out/checkpoints were made from: data, starting models, config."""
+    template = getattr(config, "chat_template", None)
+    return {
+        "data_sha256": [sha256_file(Path(p)) for p in config.data],
+        "student_fingerprint": model_fingerprint(config.student),
+        "teacher_fingerprint": model_fingerprint(config.teacher),
+        # The template file shapes every training sequence; its path alone says too little.
+        "chat_template_sha256": sha256_file(Path(template)) if template else None,
+        "config": config.model_dump(mode="json", exclude=set(_NOT_IN_STAMP)),
+    }
+
+
+def stamp_difference(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """None when `old` matches `new`, else a few words naming what changed."""
+    if old is None:
+        return "they carry no run.json stamp (data and config unknown)"
+    if old.get("data_sha256") != new["data_sha256"]:
+        return "the training data changed"
+    for who in ("student", "teacher"):
+        if old.get(f"{who}_fingerprint") != new[f"{who}_fingerprint"]:
+            return f"the {who} model's files changed"
+    if old.get("chat_template_sha256") != new["chat_template_sha256"]:
+        return "the chat template file changed"
+    before, after = old.get("config") or {}, new["config"]
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        return "the training config changed (" + ", ".join(
+            f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:3]
+        ) + (", ..." if len(changed) > 3 else "") + ")"
+    return None
+
+
 def last_checkpoint(out: Path) -> Path | None:
     folder = out / CHECKPOINTS
     if not folder.is_dir():
         return None
     done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resumable_checkpoint(out: Path, stamp: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """(checkpoint to resume, None), or (None, why the checkpoints there are stale).
+
+    Checkpoints count only if out/checkpoints/run.json says they were made from the same data
+    and config: resuming anything else would train on (or just save) a stale model.
+    """
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        return None, None
+    stamp_path = out / CHECKPOINTS / RUN_STAMP
+    try:
+        old = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+    except json.JSONDecodeError:
+        old = None
+    why = stamp_difference(old, stamp)
+    return (None, why) if why else (checkpoint, None)
+
+
+def start_checkpoints(out: Path, stamp: dict[str, Any], stale: str | None) -> None:
+    """Move stale checkpoints aside (kept, never deleted) and stamp the folder for this run."""
+    folder = out / CHECKPOINTS
+    if stale is not None:
+        aside = out / f"{CHECKPOINTS}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        for extra in range(2, 1000):
+            if not aside.exists():
+                break
+            aside = aside.with_name(f"{aside.name.rsplit('+', 1)[0]}+{extra}")  # same second
+        folder.rename(aside)
+        print(f"train: not resuming: {stale}; old checkpoints moved to {aside}, starting fresh")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
 
 
 def trim_log(path: Path, step: int) -> None:
@@ -529,15 +760,40 @@ def train_log_callback(path: Path) -> Any:
     return TrainLog()
 
 
-def peak_memory_bytes(cuda: bool) -> int:
-    """Peak GPU memory allocated by torch on GPU; else the process's peak resident memory."""
-    if cuda:
-        import torch
+def stage_memory(cuda: bool) -> Any:
+    """Peak memory of this stage: torch's GPU allocator on GPU, else this process's RSS."""
+    from cotdistill.memory import PeakMemory
 
-        return int(torch.cuda.max_memory_allocated())
-    import resource
+    return PeakMemory(children=False, gpu="torch" if cuda else None)
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
+def _finished(checkpoint: Path) -> bool:
+    """The checkpoint is the last step of its run (transformers saves one at the end)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
+def reload_finished(trainer: Any, checkpoint: Path, log_path: Path) -> dict[str, Any]:
+    """Load a finished run's final weights instead of resuming it.
+
+    Resuming at the last step is not a no-op in transformers 5.19: its loop trains one more
+    step before it checks `max_steps`. The metrics come from the run's own log.
+    """
+    from transformers import TrainerState
+
+    print(f"train: {checkpoint} is the end of this same training; saving it, no new steps")
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    metrics: dict[str, Any] = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            entry = json.loads(line)
+            metrics.update({k: entry[k] for k in ("train_loss", "train_runtime") if k in entry})
+    return metrics
 
 
 def load_model(path: str, config: TrainConfig, dtype: Any) -> Any:
@@ -561,6 +817,8 @@ class Prepared:
     stats: DataStats
     train_rows: list[Tokenized]
     eval_rows: list[Tokenized]
+    offline: Any = None  # distill.OfflineKD with --kd offline-topk
+    on_policy: Any = None  # --kd on-policy: {"train": [{"messages": ...}], "eval": [...]}
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -573,11 +831,25 @@ def prepare(config: TrainConfig) -> Prepared:
     examples = load_examples(config.data)
     student_path, student_name = resolve_model(config.student)
     tokenizer = load_pretrained(AutoTokenizer, student_path, config.trust_remote_code, "student")
+    if config.chat_template is not None:
+        tokenizer.chat_template = read_chat_template(config.chat_template)
     if not tokenizer.chat_template:
         raise InputError("the student's tokenizer has no chat template", field="student",
                          file=student_path)
+    examples = format_reasoning(examples, config.reasoning_format)
+    check_reasoning_survives(tokenizer, examples, config.chat_template or student_path)
     teacher_path = teacher_name = None
-    if config.teacher is not None:
+    offline = config.kd == "offline-topk"
+    if offline and config.packing:
+        raise InputError("--kd offline-topk cannot pack sequences (rows must stay whole and in "
+                         "order); use --padding-free instead", field="packing")
+    if config.kd in ("online", "on-policy") and config.teacher is None:
+        raise InputError(f"--kd {config.kd} needs --teacher", field="teacher")
+    if offline and config.kd_loss != "forward":
+        raise InputError("--kd offline-topk computes forward KL over the stored top-K ids; "
+                         "--kd-loss reverse/jsd need the teacher's full distribution",
+                         field="kd_loss")
+    if config.teacher is not None and not offline:
         teacher_path, teacher_name = resolve_model(config.teacher)
         remote = config.trust_remote_code
         check_same_tokenizer(
@@ -590,8 +862,22 @@ def prepare(config: TrainConfig) -> Prepared:
     rows, stats = tokenize_examples(tokenizer, examples, config.max_length)
     train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
     train_rows = apply_teacher_weights(train_rows, config.teacher_weights, config.seed)
+    kd = None
+    if offline:
+        from cotdistill.distill import prepare_offline
+
+        kd = prepare_offline(config.topk_from, tokenizer, [*train_rows, *eval_rows],
+                             config.topk_on_mismatch)
+        teacher_name = kd.meta.get("teacher") or kd.meta.get("tokenizer") or "stored top-k"
+    on_policy = None
+    if config.kd == "on-policy":
+        # Only the prompts matter: the student answers them itself at every step.
+        held = {r.problem_id for r in eval_rows}
+        on_policy = {part: [{"messages": e.prompt + e.completion} for e in examples
+                            if (e.problem_id in held) == (part == "eval")]
+                     for part in ("train", "eval")}
     return Prepared(student_path, student_name, teacher_path, teacher_name, tokenizer, stats,
-                    train_rows, eval_rows)
+                    train_rows, eval_rows, kd, on_policy)
 
 
 def build_trainer(
@@ -600,26 +886,48 @@ def build_trainer(
     """The SFTTrainer (or its distillation variant) for this run, models loaded."""
     cuda = use_cuda()
     dtype = train_dtype(config, cuda)
+    offline = prepared.offline is not None
     common: dict[str, Any] = {
-        "model": load_model(prepared.student_path, config, dtype),
+        "model": load_model(prepared.student_path, config, weights_dtype(config, cuda)),
         "args": sft_config(config, out, bool(prepared.eval_rows), cuda),
-        "train_dataset": to_dataset(prepared.train_rows),
-        "eval_dataset": to_dataset(prepared.eval_rows) if prepared.eval_rows else None,
+        "train_dataset": to_dataset(prepared.train_rows, 0 if offline else None),
+        "eval_dataset": to_dataset(prepared.eval_rows, len(prepared.train_rows) if offline
+                                   else None) if prepared.eval_rows else None,
         "processing_class": prepared.tokenizer,
         "peft_config": lora_config(config) if config.lora else None,
         "callbacks": list(callbacks),
     }
-    if prepared.teacher_path is None:
+    if prepared.teacher_path is None and not offline:
         from trl import SFTTrainer
 
         return SFTTrainer(**common)
-    from cotdistill.distill import distillation_trainer_class
+    from cotdistill.distill import KDSettings, distillation_trainer_class
 
+    settings = KDSettings(
+        temperature=config.distill_temperature, alpha=config.distill_alpha,
+        divergence=config.kd_loss, beta=config.kd_beta, vocab_size=len(prepared.tokenizer),
+        chunk_size=config.kd_chunk_size, tail=config.topk_tail,
+    )
+    if offline:
+        return distillation_trainer_class()(**common, settings=settings,
+                                            topk=prepared.offline.table)
+    if prepared.on_policy is not None:
+        from datasets import Dataset
+
+        from cotdistill.distill import on_policy_args, on_policy_trainer_class
+
+        common["args"] = on_policy_args(
+            common["args"], max_new_tokens=config.kd_max_new_tokens,
+            sample_temperature=config.kd_sample_temperature, max_length=config.max_length)
+        common["train_dataset"] = Dataset.from_list(prepared.on_policy["train"])
+        common["eval_dataset"] = (Dataset.from_list(prepared.on_policy["eval"])
+                                  if prepared.on_policy["eval"] else None)
+        return on_policy_trainer_class()(
+            **common, settings=settings,
+            teacher_model=load_model(prepared.teacher_path, config, dtype))
     return distillation_trainer_class()(
-        **common,
+        **common, settings=settings,
         teacher_model=load_model(prepared.teacher_path, config, dtype),
-        temperature=config.distill_temperature,
-        alpha=config.distill_alpha,
     )
 
 
@@ -630,6 +938,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@locks_output("train", main_rank_only=True)
 def run_train(config: TrainConfig) -> dict[str, Any]:
     """Train per `config`; writes the model/adapter, train_log.jsonl, manifest.json (last)."""
     started = time.time()
@@ -646,26 +955,37 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
-    resume_from = last_checkpoint(out) if config.resume else None
+    stamp = run_stamp(config)
+    resume_from, stale = resumable_checkpoint(out, stamp)
+    if not config.resume and resume_from is not None:
+        resume_from, stale = None, "--no-resume was given"
     log_path = out / TRAIN_LOG
     if main:
         (out / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
+        start_checkpoints(out, stamp, stale)
         if resume_from is None:
             log_path.unlink(missing_ok=True)
         else:
-            trim_log(log_path, int(resume_from.name.split("-")[-1]))
+            trim_log(log_path, _step_of(resume_from))
             print(f"train: resuming from {resume_from}")
 
-    trainer = build_trainer(config, prepared, out, [train_log_callback(log_path)])
     tokenizer, teacher_name, cuda = prepared.tokenizer, prepared.teacher_name, use_cuda()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    eval_loss = final_eval_loss(trainer) if eval_rows else None
-    outputs = save_outputs(trainer, tokenizer, out, config)
+    # Measured over this stage only: inside one `cotdistill run`, each student gets its own.
+    with stage_memory(cuda) as memory:
+        trainer = build_trainer(config, prepared, out, [train_log_callback(log_path)])
+        if resume_from is not None and _finished(resume_from):
+            metrics = reload_finished(trainer, resume_from, log_path)
+        else:
+            metrics = trainer.train(
+                resume_from_checkpoint=str(resume_from) if resume_from else None
+            ).metrics
+        eval_loss = final_eval_loss(trainer) if eval_rows else None
+        outputs = save_outputs(trainer, tokenizer, out, config)
     if not trainer.is_world_process_zero():
         return {}  # rank 0 writes the manifest
 
     train_tokens = _logged_tokens(log_path)
-    train_seconds = result.metrics.get("train_runtime")
+    train_seconds = metrics.get("train_runtime")
     manifest = write_manifest(
         out,
         stage="train",
@@ -681,6 +1001,7 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
             "tokens": stats.tokens,
             "completion_tokens": stats.completion_tokens,
             "steps": trainer.state.global_step,
+            "new_steps": trainer.state.global_step - (_step_of(resume_from) if resume_from else 0),
         },
         started=started,
         extra={
@@ -688,19 +1009,25 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
             "teacher_model": teacher_name,
             "mode": "lora" if config.lora else "full",
             "distillation": teacher_name is not None,
+            "kd": None if teacher_name is None else {
+                "mode": config.kd or "online", "loss": config.kd_loss,
+                **(prepared.offline.summary() if prepared.offline is not None else {})},
             "outputs": outputs,
             "resumed_from": str(resume_from) if resume_from else None,
-            "train_loss": result.metrics.get("train_loss"),
+            "train_loss": metrics.get("train_loss"),
             "eval_loss": eval_loss,
             "train_runtime_s": train_seconds,
             "tokens_per_s": round(train_tokens / train_seconds, 2)
             if train_tokens and train_seconds else None,
             "device": "cuda" if cuda else "cpu",
             "dtype": str(train_dtype(config, cuda)).removeprefix("torch."),
-            "peak_memory_bytes": peak_memory_bytes(cuda),
+            "peak_memory_bytes": memory.peak_bytes,
+            "peak_memory_what": memory.what,
         },
     )
-    print(f"train: {trainer.state.global_step} steps, loss {result.metrics.get('train_loss'):.4f}"
+    loss = metrics.get("train_loss")
+    print(f"train: {trainer.state.global_step} steps"
+          + (f", loss {loss:.4f}" if loss is not None else "")
           + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
           + f" in {time.time() - started:.0f} s -> {out}")
     return manifest

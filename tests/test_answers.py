@@ -48,6 +48,93 @@ def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
 
 
+# The traps of issue 14 and their relatives: each line failed (or would fail) a rule that takes
+# the last number of the "answer" clause, stops at a thin space, or keeps the words after LaTeX.
+TRAPS = [
+    # --- the issue's measured traps
+    ("The answer is 7, since 3+4.", "7"),
+    ("The answer is 5 apples, which is 2 more than 3.", "5"),
+    ("Hmm, the answer is wrong. Let me redo: 3+4=7", "7"),
+    ("So the answer is x = -3/4.", "-3/4"),
+    ("The answer is 1 000", "1000"),
+    # --- signs, fractions, decimals
+    ("The answer is -5.", "-5"),
+    ("The answer is \u22124", "-4"),
+    ("The answer is +3.", "3"),
+    ("The answer is 3/4.", "3/4"),
+    ("The answer is 3.5 kg.", "3.5"),
+    ("The answer is .5", ".5"),
+    ("The answer is 3 + 4 = 7.", "7"),
+    ("The answer is 12 / 3 = 4 boxes.", "4"),
+    # --- thousands separators
+    ("The answer is 1,234.", "1234"),
+    ("The answer is 1\u2009234 people.", "1234"),
+    ("The answer is 1\u202f234.", "1234"),
+    ("The answer is 1,234,567.89.", "1234567.89"),
+    ("The answer is $1\\,000$.", "1000"),
+    ("He earns 2 500 dollars a month.", "2500"),
+    # --- units, money, percent
+    ("The answer is $18.00", "18.00"),
+    ("The answer is \\$18.", "18"),
+    ("The answer is 50%.", "50%"),
+    ("The answer is 50 percent of the cake.", "50%"),
+    ("The answer is 18 cm long.", "18"),
+    ("It costs $5 and $6 more, so $11 in all.", "11"),
+    # --- phrase forms
+    ("The answer is: Sam has 12 apples.", "12"),
+    ("The answer is:\n\n42", "42"),
+    ("**Final Answer:** 19", "19"),
+    ("Answer: 8", "8"),
+    ("The answer is **73**.", "73"),
+    ("The answer is 12. Let me know if you have 3 more questions.", "12"),
+    ("Final Answer: The final answer is $18$. I hope it is correct.", "18"),
+    ("Final Answer: The final answer is $x$. I hope it is correct.", "x"),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+    ("The answer is 6. I hope this answer is helpful for your 2 exams.", "6"),
+    ("First the answer is 5. Wait, the answer is 6.", "6"),
+    # --- LaTeX answers kept whole
+    ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("The answer is \\frac{3}{4}, which is 0.75.", "\\frac{3}{4}"),
+    ("The answer is \\sqrt{2}.", "\\sqrt{2}"),
+    ("The answer is 2\\sqrt{3} units.", "2\\sqrt{3}"),
+    ("The answer is -\\frac{1}{3}.", "-\\frac{1}{3}"),
+    ("The answer is $x = \\frac{\\pi}{2}$.", "\\frac{\\pi}{2}"),
+    ("The answer is (1, 2).", "(1, 2)"),
+    ("The answer is $(-\\infty, 3]$.", "(-\\infty, 3]"),
+    ("The answer is [0, 1).", "[0, 1)"),
+    # --- boxed and ####
+    ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+    ("The answer is \\boxed{5} apples, not 6.", "5"),
+    ("#### 1,234", "1234"),
+    ("Step 1: 6*7 = 42\n#### 42", "42"),
+    ("#### Step 2: check\nThe answer is 7.", "7"),
+    ("#### $18", "18"),
+    ("#### -5", "-5"),
+    # --- the last-number fallback
+    ("Sam has 8 apples and gets 4 more, so Sam has 12 apples now.", "12"),
+    ("The pages are 10-12.", "12"),
+    ("It is 100m2 in area.", "100"),
+    ("The temperature fell to -5 degrees.", "-5"),
+    ("Version 1.2 is out, and 3.14 is pi.", "3.14"),
+    ("there is no number here", None),
+    ("The answer is unknown.", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TRAPS)
+def test_extraction_traps(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_a_capture_with_no_answer_falls_through() -> None:
+    text = "Hmm, the answer is wrong. Let me redo: 3+4=7"
+    assert extract_answer(text, fallback_last_number=True) == "7"
+    assert extract_answer(text, fallback_last_number=False) is None
+    # A markdown heading after the answer line is not a `####` answer.
+    assert extract_answer("#### 42\n\n#### Notes", fallback_last_number=False) == "42"
+    assert extract_answer("#### Step 2: add", fallback_last_number=False) is None
+
+
 def test_fallback_last_number_can_be_switched_off() -> None:
     text = "Sam has 12 apples now."
     assert extract_answer(text, fallback_last_number=True) == "12"
@@ -63,6 +150,15 @@ def test_fallback_last_number_can_be_switched_off() -> None:
         ("#### 1,000", "gsm8k", "1000"),
         ("So $x = \\boxed{\\frac{3}{4}}$.", "auto", "\\frac{3}{4}"),
         ("42", "raw", "42"),
+        # Competition-math answers stay whole LaTeX, whatever sits around them.
+        ("so $(r, \\theta) = \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.", "auto",
+         "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("#### Step 1\nSquare both sides: \\boxed{10\\sqrt{2}}", "auto", "10\\sqrt{2}"),
+        ("\\frac{1}{2}", "auto", "\\frac{1}{2}"),
+        ("(-\\infty, 3] \\cup [5, \\infty)", "auto", "(-\\infty, 3] \\cup [5, \\infty)"),
+        ("#### $\\frac{1}{2}$", "gsm8k", "\\frac{1}{2}"),
+        ("#### 1 000", "gsm8k", "1000"),
+        ("#### -3/4", "gsm8k", "-3/4"),
     ],
 )
 def test_extract_gold(solution: str, fmt: str, expected: str) -> None:

@@ -432,3 +432,41 @@ def test_problems_without_ids_use_the_question_hash(tmp_path: Path) -> None:
     cfg = config(tmp_path, problems=path)
     run_generate(cfg, backend=FakeBackend())
     assert read_traces(cfg.out)[0]["problem_id"] == question_id("What is 2 + 2?")
+
+
+@pytest.mark.parametrize(
+    ("edit", "change", "field"),
+    [
+        # A corrected gold answer in the problems file.
+        (lambda row: {**row, "answer": "#### 999"} if row["id"] == "p01" else row, {},
+         "gold_answer"),
+        # Same file, read another way: `#### 3` is then the raw text, not 3.
+        (lambda row: row, {"answer_format": "raw"}, "gold_answer"),
+        (lambda row: {**row, "question": row["question"] + " Twice."}
+         if row["id"] == "p02" else row, {}, "question"),
+    ],
+)
+def test_resume_refuses_traces_of_an_edited_problems_file(
+    tmp_path: Path, edit, change: dict, field: str
+) -> None:
+    problems = tmp_path / "problems.jsonl"
+    run_generate(config(tmp_path, n=2, limit=3), backend=FakeBackend())
+    path = tmp_path / "out" / "traces.jsonl"
+    before = path.read_bytes()
+    rows = [edit(json.loads(line)) for line in problems.read_text().splitlines()]
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    backend = FakeBackend()
+    with pytest.raises(InputError) as info:
+        run_generate(config(tmp_path, problems=problems, n=2, limit=5, **change),
+                     backend=backend)
+    assert info.value.field == field and info.value.file == str(path)
+    assert "changed since its traces were made" in info.value.message
+    assert "--fresh generate" in info.value.message
+    assert path.read_bytes() == before and backend.calls == 0
+
+
+def test_resume_with_an_unchanged_problems_file_adds_the_rest(tmp_path: Path) -> None:
+    run_generate(config(tmp_path, n=1, limit=3), backend=FakeBackend())
+    manifest = run_generate(config(tmp_path, problems=tmp_path / "problems.jsonl", n=1,
+                                   limit=5), backend=FakeBackend())
+    assert manifest["counts"]["samples"] == 5 and manifest["counts"]["new_samples"] == 2

@@ -21,6 +21,7 @@ import pytest
 
 from cotdistill.backends.openai_backend import OpenAIBackend
 from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.errors import InputError, ServiceError
 from cotdistill.records import Message
 
 CONVERSATION = [Message(role="user", content="What is 2 + 3?")]
@@ -49,6 +50,7 @@ class Stub:
     def __init__(self, reply: Callable[[int, dict], tuple[int, dict]], delay: float = 0.0):
         self.reply = reply
         self.delay = delay
+        self.models_reply: tuple[int, dict] | None = None  # GET /v1/models; None: stub-model
         self.requests: list[tuple[float, str, dict, dict]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -72,14 +74,14 @@ class Stub:
 
             def do_GET(self) -> None:
                 stub.requests.append((time.monotonic(), self.path, {}, self._headers()))
-                self._answer(200, {"object": "list", "data": [
-                    {"id": "stub-model", "object": "model", "created": 0, "owned_by": "me"}]})
+                self._answer(*(stub.models_reply or (200, {"object": "list", "data": [
+                    {"id": "stub-model", "object": "model", "created": 0, "owned_by": "me"}]})))
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub.lock:
                     stub.requests.append((time.monotonic(), self.path, body, self._headers()))
-                    number = len(stub.requests)
+                    number = len(stub.posts())  # the model check's GET is not counted
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:
@@ -166,44 +168,38 @@ def test_token_count_from_usage_when_the_server_sends_no_logprobs(stub_factory) 
 
 
 def test_client_errors_are_not_retried(stub_factory) -> None:
-    import openai
-
     stub = stub_factory(lambda number, body: (400, {"error": {"message": "bad request"}}))
     backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=3))
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(InputError, match=r"rejected the request \(HTTP 400: bad request\)"):
         backend.generate([CONVERSATION], SamplingConfig())
     assert len(stub.posts()) == 1
 
 
 def test_retries_give_up_after_max_retries(stub_factory) -> None:
-    import openai
-
     stub = stub_factory(lambda number, body: (500, {"error": "down"}))
     backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=1))
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(ServiceError, match="HTTP 500 down .2 tries"):
         backend.generate([CONVERSATION], SamplingConfig())
     assert len(stub.posts()) == 2
 
 
 def test_per_request_timeout_is_retried_then_raised(stub_factory) -> None:
-    import openai
-
     stub = stub_factory(lambda number, body: (200, chat_completion()), delay=3.0)
     backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=1, request_timeout=0.3))
     started = time.monotonic()
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(ServiceError, match="no answer within 0.3 s"):
         backend.generate([CONVERSATION], SamplingConfig())
     assert time.monotonic() - started < 2.5  # did not wait for the slow answers
     assert len(stub.posts()) == 2
 
 
-def test_connection_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    import openai
-
+def test_connection_errors_are_retried(stub_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    backend = OpenAIBackend("m", engine(f"http://127.0.0.1:{port}/v1", max_retries=1))
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    backend = OpenAIBackend("stub-model", engine(stub.url, max_retries=1))
+    backend.base_url = f"http://127.0.0.1:{port}/v1"  # the server went away after the check
     attempts = []
     real = backend._client
 
@@ -219,7 +215,7 @@ def test_connection_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
         return client
 
     monkeypatch.setattr(backend, "_client", counting_client)
-    with pytest.raises(openai.APIConnectionError):
+    with pytest.raises(ServiceError, match="cannot connect"):
         backend.generate([CONVERSATION], SamplingConfig())
     assert len(attempts) == 2
 
@@ -267,6 +263,107 @@ def test_generate_stage_over_the_stub(stub_factory, tmp_path: Path) -> None:
     assert [t["sample_index"] for t in traces] == [0, 1]
     assert traces[0]["teacher"] == "stub-model"
     assert traces[0]["mean_logprob"] == pytest.approx(-1.0) and traces[0]["min_logprob"] == -1.5
+
+
+# --- crashes become sentences (issue 14) ----------------------------------------------------
+
+
+def _cli_generate(tmp_path: Path, url: str, *extra: str) -> list[str]:
+    from cotdistill.generate import run_generate  # noqa: F401  (the stage the CLI runs)
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    return ["generate", "--problems", str(problems), "--out", str(tmp_path / "out"),
+            "--backend", "openai", "--base-url", url, "--max-retries", "0", *extra]
+
+
+@pytest.mark.parametrize(
+    ("status", "field", "words"),
+    [
+        (401, "api_key_env", "refused the API key (HTTP 401: Invalid key); put the key in "
+                             "$OPENAI_API_KEY"),
+        (404, "base_url", "HTTP 404: no such route; check base_url"),
+    ],
+)
+def test_401_and_404_are_one_line_errors_naming_the_fix(
+    stub_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str], status: int, field: str,
+    words: str,
+) -> None:
+    from cotdistill.cli import main
+
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    message = "Invalid key" if status == 401 else "no such route"
+    stub.models_reply = (status, {"error": {"message": message}})
+    with pytest.raises(InputError) as info:
+        OpenAIBackend(None, engine(stub.url))
+    assert info.value.field == field and words in info.value.message
+    assert main(_cli_generate(tmp_path, stub.url)) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_server_serving_another_model_is_refused_before_any_work(stub_factory) -> None:
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    with pytest.raises(InputError) as info:
+        OpenAIBackend("my-teacher", engine(stub.url))
+    assert "serves 'stub-model', not 'my-teacher'" in info.value.message
+    assert info.value.field == "model" and stub.posts() == []
+
+
+def test_a_dead_server_is_one_line_with_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cotdistill.cli import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(_cli_generate(tmp_path, f"http://127.0.0.1:{port}/v1")) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "Traceback" not in err
+
+
+def test_an_unset_api_key_is_said_once(
+    stub_factory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_14", raising=False)
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    OpenAIBackend(None, engine(stub.url, api_key_env="NO_SUCH_KEY_14"))
+    OpenAIBackend(None, engine(stub.url, api_key_env="NO_SUCH_KEY_14"))
+    err = capsys.readouterr().err
+    assert err.count("$NO_SUCH_KEY_14 is not set") == 1
+
+
+def test_base_url_credentials_never_reach_the_manifest(stub_factory, tmp_path: Path) -> None:
+    from cotdistill.config import public_url
+    from cotdistill.generate import run_generate
+
+    stub = stub_factory(lambda number, body: (200, chat_completion(body["n"])))
+    secret_url = stub.url.replace("http://", "http://bob:hunter2@")
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    cfg = GenerateConfig(problems=problems, out=tmp_path / "out", backend="openai",
+                         base_url=secret_url)
+    run_generate(cfg)
+    manifest = (cfg.out / "manifest.json").read_text()
+    assert "hunter2" not in manifest and "bob" not in manifest
+    assert json.loads(manifest)["config"]["base_url"] == stub.url
+    assert public_url("https://h/v1?api_key=abc&api-version=2024-06&sig=x") == (
+        "https://h/v1?api_key=***&api-version=2024-06&sig=***")
+
+
+def test_run_over_a_server_evaluates_the_model_it_serves(stub_factory, tmp_path: Path) -> None:
+    from cotdistill.pipeline import PipelineConfig, plan
+
+    stub = stub_factory(lambda number, body: (200, chat_completion()))
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    config = PipelineConfig.model_validate({
+        "out": tmp_path / "run", "problems": problems, "eval_problems": problems,
+        "engine": {"backend": "openai", "base_url": stub.url},
+    })
+    evaluate = plan(config).steps[-1].config
+    assert evaluate.model == ["teacher=stub-model"]
 
 
 # --- a real vLLM server ---------------------------------------------------------------------

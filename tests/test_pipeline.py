@@ -288,6 +288,24 @@ def half_right(question: str, index: int) -> str:
     return f"{numbers[0]} + {numbers[1]} = {total}. The answer is {total}."
 
 
+def graded_by_model(path: str, teacher: Path) -> Any:
+    """Evaluation answers that differ by model (found from the folder the model is served
+    from), so the report's retention is a real ratio: the teacher is always right, `self`
+    only when the sum is even, the control only when it is odd, `cut` never."""
+    import re
+
+    name = "teacher" if Path(path) == teacher else Path(path).parent.name
+
+    def answer(question: str, index: int) -> str:
+        total = sum(int(x) for x in re.findall(r"\d+", question))
+        right = {"teacher": True, "self": total % 2 == 0, "self-unfiltered": total % 2 == 1,
+                 "cut": False}[name]
+        given = total if right else total + 1
+        return f"The answer is \\boxed{{{given}}}."
+
+    return answer
+
+
 @pytest.mark.train
 def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -> None:
     from cotdistill.backends.fake import FakeBackend
@@ -323,7 +341,8 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -
         student_init=counted("student_init", real.student_init),
         train=counted("train", real.train),
         control_data=counted("control_data", real.control_data),
-        evaluate=counted("evaluate", lambda c: run_evaluate(c, lambda path: FakeBackend(path))),
+        evaluate=counted("evaluate", lambda c: run_evaluate(c, lambda path: FakeBackend(
+            path, responder=graded_by_model(path, tiny_teacher)))),
     )
     run_pipeline(config, stages)
     assert calls == ["generate", "filter", "train", "student_init", "train", "control_data",
@@ -335,6 +354,12 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -
     summary = json.loads((run / "evaluate" / "summary.json").read_text())
     assert list(summary["models"]) == ["teacher", "self", "cut", "self-unfiltered"]
     assert set(summary["retention"]) == {"self", "cut", "self-unfiltered"}
+    # Each model answers as graded_by_model says: the teacher all 4, `self` the one even sum
+    # (20), the control the three odd ones (11, 31, 5), `cut` none.
+    accuracy = {name: m["accuracy"] for name, m in summary["models"].items()}
+    assert accuracy == {"teacher": 1.0, "self": 0.25, "cut": 0.0, "self-unfiltered": 0.75}
+    retention = {name: r["value"] for name, r in summary["retention"].items()}
+    assert retention == {"self": 0.25, "cut": 0.0, "self-unfiltered": 0.75}
     cut = json.loads((run / "students" / "cut" / "model" / "config.json").read_text())
     assert cut["num_hidden_layers"] == 2
     assert "## Evaluation" in (run / "report.md").read_text()
@@ -342,3 +367,108 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -
     calls.clear()
     run_pipeline(config, stages)
     assert calls == []
+
+
+# --- issue 14: --fresh, errors that name their file, a missing reference ------------------------
+
+
+def test_fresh_moves_the_stage_aside_and_reruns_it_and_what_depends_on_it(
+    pipeline_config: PipelineConfig, tmp_path: Path
+) -> None:
+    run_pipeline(pipeline_config, FakeStages().stages())
+    fresh = pipeline_config.model_copy(update={"fresh": ["generate", "cut"]})
+    fake = FakeStages()
+    run_pipeline(fresh, fake.stages())
+    # Both run again from nothing; they wrote what they wrote before, so what depends on them
+    # is reused (inputs are hashed).
+    assert [c[0] for c in fake.calls] == ["generate", "student_init", "train"]
+    assert fake.resumed["cut"] is False  # the old checkpoints went aside with the old folder
+    asides = sorted(p.name for p in (tmp_path / "run").rglob("*.old-*"))
+    assert [a.split(".old-")[0] for a in asides] == ["cut", "generate"]
+    assert (tmp_path / "run" / "generate").is_dir()
+
+    everything = FakeStages()
+    run_pipeline(pipeline_config.model_copy(update={"fresh": ["all"]}), everything.stages())
+    assert len(everything.calls) == 7
+
+
+def test_fresh_with_an_unknown_stage_names_the_choices(pipeline_config: PipelineConfig) -> None:
+    with pytest.raises(InputError) as info:
+        run_pipeline(pipeline_config.model_copy(update={"fresh": ["generat"]}),
+                     FakeStages().stages())
+    assert info.value.field == "fresh"
+    assert "'generat'" in info.value.message and "cut-unfiltered" in info.value.message
+
+
+def test_cli_fresh_flag_applies_changed_generate_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal of changed settings says how to apply them, and `--fresh generate` does."""
+    import yaml
+
+    from cotdistill.backends.fake import FakeBackend
+    from cotdistill.cli import main
+
+    monkeypatch.setattr("cotdistill.generate.make_backend",
+                        lambda *args, **kwargs: FakeBackend())
+    monkeypatch.setattr("cotdistill.models.resolve_model", lambda name: ("/m", "fake"))
+
+    def only_generate(config: PipelineConfig, stages: Any = None, source: Any = None) -> Any:
+        from cotdistill.pipeline import default_stages
+
+        fake = FakeStages()  # the real generate stage (over a fake backend), fakes after it
+        return run_pipeline(config, Stages(
+            default_stages().generate, fake.filter, fake.student_init, fake.train,
+            run_control_data, fake.evaluate), source)
+
+    monkeypatch.setattr("cotdistill.pipeline.run_pipeline", only_generate)
+    train = tmp_path / "train.jsonl"
+    write_rows(train, [{"id": f"p{i}", "question": f"{i} + 1?", "answer": str(i + 1)}
+                       for i in range(3)])
+    cfg = tmp_path / "cfg.yaml"
+    values = {"out": str(tmp_path / "run"), "problems": str(train),
+              "eval_problems": str(train), "generate": {"n": 1, "temperature": 0.5}}
+    cfg.write_text(yaml.safe_dump(values))
+    assert main(["run", "--config", str(cfg)]) == 0
+    values["generate"]["n"] = 2
+    cfg.write_text(yaml.safe_dump(values))
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "--fresh generate" in capsys.readouterr().err
+    assert main(["run", "--config", str(cfg), "--fresh", "generate"]) == 0
+    traces = (tmp_path / "run" / "generate" / "traces.jsonl").read_text().splitlines()
+    assert len(traces) == 6  # 3 problems x the new n=2
+    assert len(list((tmp_path / "run").glob("generate.old-*"))) == 1
+
+
+def test_a_typo_in_engine_names_the_file_and_the_engine_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from cotdistill.cli import main
+
+    train = tmp_path / "train.jsonl"
+    write_rows(train, [{"id": "p0", "question": "1 + 1?", "answer": "2"}])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "problems": str(train),
+                                   "eval_problems": str(train), "engine": {"dtyp": "bfloat16"}}))
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}, field 'engine.dtyp'" in err
+
+
+def test_evaluation_without_the_reference_model_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cotdistill.backends.fake import FakeBackend
+    from cotdistill.evaluate import EvaluateConfig, run_evaluate
+
+    problems = tmp_path / "p.jsonl"
+    write_rows(problems, [{"id": "a", "question": "2 + 3?", "answer": "5"}])
+    config = EvaluateConfig(problems=problems, out=tmp_path / "eval", model=["big=x", "small=y"],
+                            bootstrap_resamples=20, prompt_template="plain")
+    run_evaluate(config, lambda path: FakeBackend(path))
+    assert "no model is named 'teacher'" in capsys.readouterr().err
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "**No retention:** no model is named 'teacher'" in report

@@ -249,3 +249,110 @@ def test_sharding_is_a_deterministic_partition() -> None:
         with pytest.raises(InputError) as info:
             parse_shard(bad)
         assert info.value.field == "shard"
+
+
+# --- inputs as people have them: Excel CSVs, questions made of several fields, categories ----
+
+
+def test_excel_csv_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    # Excel's "CSV UTF-8" starts with EF BB BF; without utf-8-sig the column is "\ufeffquestion".
+    path.write_bytes("\ufeffquestion,answer\r\nWhat is 2 + 2?,4\r\nWhat is 3 + 3?,6\r\n"
+                     .encode("utf-8"))
+    problems = load_problems(path)
+    assert [(p.question, p.gold_answer) for p in problems] == [
+        ("What is 2 + 2?", "4"), ("What is 3 + 3?", "6")]
+    assert problems[0].source == f"{path}:2"
+
+
+def test_jsonl_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+    assert [p.id for p in load_problems(path)] == ["a"]
+
+
+SVAMP = [
+    {"ID": "s1", "Body": "Jack had 8 pens and Mary had 5 pens.", "Question": "How many in all?",
+     "Answer": 13, "Type": "Addition"},
+    {"ID": "s2", "Body": "There are 9 birds; 4 fly away.", "Question": "How many are left?",
+     "Answer": 5, "Type": "Subtraction"},
+]
+
+
+def test_question_template_joins_fields(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "svamp.jsonl", SVAMP)
+    fields = ProblemFields(answer=("Answer",), id="ID", template="{Body} {Question}",
+                           category="Type")
+    problems = load_problems(path, fields)
+    assert [p.question for p in problems] == [
+        "Jack had 8 pens and Mary had 5 pens. How many in all?",
+        "There are 9 birds; 4 fly away. How many are left?",
+    ]
+    assert [p.gold_answer for p in problems] == ["13", "5"]
+    assert [p.category for p in problems] == ["Addition", "Subtraction"]
+    # Without the template the rows have no question field at all.
+    with pytest.raises(InputError, match="missing question"):
+        load_problems(path, ProblemFields(answer=("Answer",), id="ID"))
+
+
+def test_question_template_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
+    rows = [SVAMP[0], {k: v for k, v in SVAMP[1].items() if k != "Body"}]
+    path = write_jsonl(tmp_path / "svamp.jsonl", rows)
+    with pytest.raises(InputError) as info:
+        load_problems(path, ProblemFields(id="ID", template="{Body} {Question}"))
+    assert (info.value.file, info.value.line, info.value.field) == (str(path), 2, "Body")
+
+
+@pytest.mark.parametrize("template", ["{Body", "{} {Question}", "{0}", "{row.Body}",
+                                      "no fields at all", "{Body[0]}"])
+def test_bad_question_template_is_an_input_error(tmp_path: Path, template: str) -> None:
+    path = write_jsonl(tmp_path / "svamp.jsonl", SVAMP)
+    with pytest.raises(InputError) as info:
+        load_problems(path, ProblemFields(id="ID", template=template))
+    assert info.value.field == "question_template"
+
+
+def test_category_field_missing_in_a_row_is_an_error(tmp_path: Path) -> None:
+    rows = [{**ROWS[0], "subject": "arithmetic"}, ROWS[1]]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(InputError) as info:
+        load_problems(path, ProblemFields(category="subject"))
+    assert (info.value.line, info.value.field) == (2, "subject")
+    # Not asked for: no category, and no error.
+    assert [p.category for p in load_problems(path)] == [None, None]
+
+
+def test_category_and_template_reach_traces_and_evaluation_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cotdistill.backends.fake import FakeBackend
+    from cotdistill.cli import main as cli_main
+    from cotdistill.evaluate import EvaluateConfig, run_evaluate
+    from cotdistill.generate import GenerateConfig, run_generate
+
+    path = write_jsonl(tmp_path / "svamp.jsonl", SVAMP)
+    keys = {"id_field": "ID", "answer_field": ["Answer"], "question_template": "{Body} {Question}",
+            "category_field": "Type"}
+    run_generate(GenerateConfig(problems=path, out=tmp_path / "gen", prompt_template="plain",
+                                **keys), backend=FakeBackend())
+    traces = [json.loads(line) for line in (tmp_path / "gen" / "traces.jsonl").open()]
+    assert [(t["problem_id"], t["category"]) for t in traces] == [
+        ("s1", "Addition"), ("s2", "Subtraction")]
+    assert traces[0]["question"] == "Jack had 8 pens and Mary had 5 pens. How many in all?"
+
+    run_evaluate(EvaluateConfig(problems=path, out=tmp_path / "eval", model=["teacher=t"],
+                                bootstrap_resamples=20, **keys),
+                 lambda name: FakeBackend(name))
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").open()]
+    assert [(r["problem_id"], r["category"]) for r in rows] == [
+        ("s1", "Addition"), ("s2", "Subtraction")]
+
+    # The flags exist on both commands, and a bad template stops before any model loads.
+    for command in ("generate", "evaluate"):
+        extra = ["--model", "teacher=never-loaded"] if command == "evaluate" else []
+        code = cli_main([command, "--problems", str(path), "--out", str(tmp_path / command),
+                         "--id-field", "ID", "--question-template", "{Body} {Nope}",
+                         "--category-field", "Type", *extra])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "svamp.jsonl:1, field 'Nope': question_template needs field 'Nope'" in err

@@ -276,3 +276,133 @@ def test_shipped_accelerate_config_is_valid_fsdp() -> None:
     assert config.distributed_type == "FSDP"
     # A normal model folder at the end needs the full state dict gathered for saving.
     assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+# ---------------------------------------------------------------- issue 14: wrong models, figures
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.train
+def test_resume_only_from_checkpoints_of_the_same_data_and_config(
+    tiny_model: Path, sft_file: Path, tmp_path: Path
+) -> None:
+    import resource
+
+    import torch
+
+    out = tmp_path / "run"
+    config = fast(sft_file, tiny_model, out, max_steps=2)
+    first = run_train(config)
+    assert first["counts"]["new_steps"] == 2
+    stamp = json.loads((out / "checkpoints" / "run.json").read_text())
+    assert stamp["data_sha256"] and "save_steps" not in stamp["config"]
+    before = _weights(out)
+
+    # Unchanged (but for how often it saves): resumes the final checkpoint, trains 0 steps.
+    # A 1.5 GB spike first: the peak reported for the rerun is its own, not the process's.
+    spike = b"x" * 1_500_000_000
+    del spike
+    lifetime_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    again = run_train(fast(sft_file, tiny_model, out, max_steps=2, save_steps=50))
+    assert again["resumed_from"] == str(out / "checkpoints" / "checkpoint-2")
+    assert again["counts"]["new_steps"] == 0
+    assert again["peak_memory_bytes"] < lifetime_peak - 1_000_000_000
+    assert "RSS" in again["peak_memory_what"]
+
+    # The filter kept other traces: the old checkpoint must not be resumed (nor re-saved).
+    write_sft(sft_file, [sft_record(i) for i in range(20, 36)])
+    changed = run_train(config)
+    assert changed["resumed_from"] is None
+    assert changed["counts"]["new_steps"] == 2
+    after = _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert len(list(out.glob("checkpoints.stale-*"))) == 1
+
+
+def test_stamp_names_what_changed(sft_file: Path, tmp_path: Path) -> None:
+    from cotdistill.train import run_stamp, stamp_difference
+
+    base = run_stamp(fast(sft_file, Path("m"), tmp_path))
+    assert stamp_difference(base, run_stamp(fast(sft_file, Path("m"), tmp_path,
+                                                 save_steps=7, logging_steps=3))) is None
+    why = stamp_difference(base, run_stamp(fast(sft_file, Path("m"), tmp_path,
+                                                learning_rate=5e-4)))
+    assert why is not None and "learning_rate" in why
+    write_sft(sft_file, [sft_record(1)])
+    assert "data" in stamp_difference(base, run_stamp(fast(sft_file, Path("m"), tmp_path)))
+    # A student re-cut at the same path (pipeline `init` with other layers).
+    start = tmp_path / "init"
+    start.mkdir()
+    (start / "model.safetensors").write_bytes(b"a" * 3_000_000)
+    cut = run_stamp(fast(sft_file, start, tmp_path))
+    (start / "model.safetensors").write_bytes(b"a" * 1_500_000 + b"b" + b"a" * 1_499_999)
+    assert "student model's files changed" in stamp_difference(
+        cut, run_stamp(fast(sft_file, start, tmp_path)))
+    assert "no run.json" in stamp_difference(None, base)
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_mixed_precision_keeps_fp32_master_weights(
+    tiny_model: Path, sft_file: Path, tmp_path: Path, lora: bool
+) -> None:
+    import torch
+
+    config = fast(sft_file, tiny_model, tmp_path / "out", dtype="bfloat16", lora=lora,
+                  lora_r=4, max_steps=1)
+    trainer = build_trainer(config, prepare(config), tmp_path / "out")
+    assert trainer.args.bf16  # autocast, on this CPU too
+    trainable = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable == {torch.float32}
+    frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+    assert frozen == ({torch.bfloat16} if lora else set())
+    trainer.train()  # one bf16-autocast step runs
+
+
+@pytest.mark.train
+def test_distillation_loss_is_the_same_with_gradient_accumulation(
+    tiny_model: Path, tiny_teacher: Path, tmp_path: Path
+) -> None:
+    # Records of different lengths, so a loss averaged per micro-batch (instead of over the
+    # tokens of the whole accumulated batch) would show.
+    records = [sft_record(i) for i in range(8)]
+    for i, record in enumerate(records):
+        record["messages"][-1]["content"] += " Check: done." * (i % 4)
+    data = write_sft(tmp_path / "sft.jsonl", records)
+
+    def losses(batch: int, accumulate: int) -> list[float]:
+        out = tmp_path / f"kd-{batch}x{accumulate}"
+        run_train(fast(data, tiny_model, out, teacher=str(tiny_teacher), max_steps=2,
+                       batch_size=batch, gradient_accumulation_steps=accumulate,
+                       learning_rate=1e-2))
+        return [e["loss"] for e in log_lines(out) if "loss" in e]
+
+    whole = losses(4, 1)
+    accumulated = losses(2, 2)
+    assert len(whole) == len(accumulated) == 2
+    # Same examples per optimizer step: the same loss, before and after the first update.
+    assert accumulated == pytest.approx(whole, rel=2e-3)
+
+
+def test_teacher_weights_is_a_real_flag_and_help_lists_yaml_only_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cotdistill.cli import build_parser
+
+    parser = build_parser()
+    for text in ("big=2,small=0.5", '{"big": 2, "small": 0.5}'):
+        args = parser.parse_args(["train", "--teacher-weights", text])
+        config = load_config(TrainConfig, overrides={"teacher_weights": args.teacher_weights})
+        assert config.teacher_weights == {"big": 2.0, "small": 0.5}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--teacher-weights", "big"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--help"])
+    assert "YAML file only (no flag): engine, generate, filter, students, evaluate" in " ".join(
+        capsys.readouterr().out.split())

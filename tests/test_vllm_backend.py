@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cotdistill.backends.sizing import EnginePlan, GiB, MiB, Workload
 from cotdistill.backends.vllm_backend import engine_kwargs
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, read_yaml
 from cotdistill.records import Message
 
 
@@ -31,14 +32,29 @@ def test_engine_kwargs_pass_every_engine_setting() -> None:
     }
 
 
-def test_engine_kwargs_defaults_suit_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cotdistill.backends.vllm_backend.has_cuda", lambda: False)
+def test_engine_kwargs_memory_on_gpu_and_cpu() -> None:
+    # GPU (no CPU plan): a fraction of the device, or the KV cache in bytes when asked.
     kwargs = engine_kwargs("m", EngineConfig())
-    assert kwargs["gpu_memory_utilization"] == 0.3  # vLLM's GPU default refuses to start on CPU
+    assert kwargs["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in kwargs
     assert kwargs["enforce_eager"] is True and kwargs["trust_remote_code"] is False
     assert "max_model_len" not in kwargs and "data_parallel_size" not in kwargs
-    monkeypatch.setattr("cotdistill.backends.vllm_backend.has_cuda", lambda: True)
-    assert engine_kwargs("m", EngineConfig())["gpu_memory_utilization"] == 0.9
+    sized = engine_kwargs("m", EngineConfig(kv_cache_gb=1.5))
+    assert sized["kv_cache_memory_bytes"] == int(1.5 * GiB)
+    assert "gpu_memory_utilization" not in sized
+
+    # CPU: the plan's byte size, never a fraction of node memory unless the user set one.
+    def plan(**kw: object) -> EnginePlan:
+        return EnginePlan(**{"model": "m", "kv_cache_bytes": 300 * MiB, "kv_source": "auto",
+                             "weights_bytes": 0, "floor_bytes": 256 * MiB, **kw})
+
+    cpu = engine_kwargs("m", EngineConfig(), plan())
+    assert cpu["kv_cache_memory_bytes"] == 300 * MiB and "gpu_memory_utilization" not in cpu
+    fraction = engine_kwargs("m", EngineConfig(gpu_memory_utilization=0.3), plan(
+        kv_cache_bytes=None, kv_source="gpu_memory_utilization", gpu_memory_utilization=0.3))
+    assert fraction["gpu_memory_utilization"] == 0.3 and "kv_cache_memory_bytes" not in fraction
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE itself; passing bytes as well would be a second truth.
+    env = engine_kwargs("m", EngineConfig(), plan(kv_source="VLLM_CPU_KVCACHE_SPACE"))
+    assert "kv_cache_memory_bytes" not in env and "gpu_memory_utilization" not in env
 
 
 def test_sampling_params_conversion() -> None:
@@ -52,15 +68,41 @@ def test_sampling_params_conversion() -> None:
     assert params.seed is None  # per-request seeds kill vLLM's CPU engine
 
 
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def demo_engine() -> EngineConfig:
+    """The engine section of configs/demo.yaml, as `make demo` builds it."""
+    section = read_yaml(DEMO)["engine"]
+    return EngineConfig(**section)
+
+
 @pytest.fixture(scope="module")
 def backend(tiny_model: Path):
     from cotdistill.backends.vllm_backend import VLLMBackend
 
-    engine = EngineConfig(gpu_memory_utilization=0.1, enforce_eager=True, max_model_len=512,
-                          seed=0)
-    backend = VLLMBackend(str(tiny_model), engine)
+    # Started as the demo starts its teacher: its engine section and generate workload.
+    demo = read_yaml(DEMO)["generate"]
+    workload = Workload.of(demo["batch_size"], demo["n"], demo["max_tokens"])
+    backend = VLLMBackend(str(tiny_model), demo_engine(), workload)
     yield backend
     backend.close()
+
+
+@pytest.mark.vllm
+def test_the_cpu_engine_starts_with_a_kv_cache_sized_in_bytes(backend, tiny_model: Path) -> None:
+    from cotdistill.backends.sizing import plan_cpu_engine
+
+    assert "gpu_memory_utilization" not in read_yaml(DEMO)["engine"]  # the default sizing
+    cache = backend.llm.llm_engine.vllm_config.cache_config
+    demo = read_yaml(DEMO)["generate"]
+    workload = Workload.of(demo["batch_size"], demo["n"], demo["max_tokens"])
+    plan = plan_cpu_engine(str(tiny_model), demo_engine(), workload)
+    assert cache.kv_cache_memory_bytes == plan.kv_cache_bytes >= plan.floor_bytes
+    [[completion]] = backend.generate(
+        [[Message(role="user", content="What is 2 + 3?")]], SamplingConfig(max_tokens=8)
+    )
+    assert completion.num_tokens > 0
 
 
 @pytest.mark.vllm
@@ -128,6 +170,43 @@ def test_progress_is_reported_per_finished_request(backend) -> None:
     assert len(results) == 3
     # One call per finished request, each with that request's samples: a live bar, not a jump.
     assert calls == [2, 2, 2]
+
+
+@pytest.mark.vllm
+def test_topk_logprobs_are_captured_beside_the_traces(backend, tiny_model: Path,
+                                                      tmp_path: Path) -> None:
+    """`--topk-logprobs K` with the real engine: K ranked candidates per token, fp16 on disk."""
+    import numpy as np
+
+    from cotdistill.generate import run_generate
+    from cotdistill.topk import TopkStore
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(
+        json.dumps({"id": f"p{i}", "question": f"Tom has {i} apples.", "answer": f"#### {i}"})
+        + "\n" for i in range(2)))
+    cfg = GenerateConfig(problems=problems, out=tmp_path / "out", n=2, max_tokens=10,
+                         temperature=1.0, teacher=str(tiny_model), prompt_template="plain",
+                         topk_logprobs=5)
+    manifest = run_generate(cfg, backend=backend)
+    traces = [json.loads(x) for x in (cfg.out / "traces.jsonl").read_text().splitlines()]
+    store = TopkStore.open([cfg.out])
+    assert manifest["topk"]["k"] == 5 and manifest["topk"]["vocab_size"] == 512
+    for trace in traces:
+        rows = store.get((trace["problem_id"], trace["sample_index"]))
+        assert rows is not None and len(rows["sampled"]) == trace["num_tokens"]
+        ids, logprobs = rows["ids"], rows["logprobs"].astype(np.float32)
+        assert ids.shape == (trace["num_tokens"], 5) and (ids >= 0).all() and (ids < 512).all()
+        assert (np.diff(logprobs, axis=1) <= 1e-3).all() and (logprobs <= 0).all()  # by rank
+        # The sampled token's stored logprob is the trace's own (to float16 precision).
+        assert np.allclose(rows["sampled_lp"].astype(np.float32), trace["token_logprobs"],
+                           atol=2e-2, rtol=1e-2)
+        # A sampled token in the top 5 is stored with the same logprob there.
+        for step, token in enumerate(rows["sampled"]):
+            hit = np.flatnonzero(ids[step] == token)
+            if hit.size:
+                assert logprobs[step, hit[0]] == pytest.approx(
+                    float(rows["sampled_lp"][step]), abs=1e-3)
 
 
 @pytest.mark.vllm

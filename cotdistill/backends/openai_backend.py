@@ -14,13 +14,78 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from cotdistill.backends import Completion, Progress
-from cotdistill.config import EngineConfig, SamplingConfig
-from cotdistill.errors import InputError
+from cotdistill.config import EngineConfig, SamplingConfig, public_url
+from cotdistill.errors import InputError, ServiceError
+from cotdistill.prompts import chat_template_kwargs
+from cotdistill.reasoning import (
+    Markers,
+    join_reasoning,
+    reasoning_chars,
+    split_reasoning,
+    token_split,
+)
 from cotdistill.records import Message
+
+
+def _template_options(engine: EngineConfig) -> dict[str, Any]:
+    """vLLM servers read chat template variables (Qwen3's `enable_thinking`) from the body."""
+    kwargs = chat_template_kwargs(engine.enable_thinking)
+    return {"extra_body": {"chat_template_kwargs": kwargs}} if kwargs else {}
+
+
+def message_completion(
+    message: Any,
+    finish_reason: str | None,
+    num_tokens: int,
+    logprobs: list[float] | None,
+    tokens: list[str] | None,
+) -> Completion:
+    """One choice as a Completion; thinking returned apart is put back inside the markers.
+
+    A server run with `--reasoning-parser` (vLLM: deepseek_r1, qwen3, ...) returns the thinking
+    as `reasoning_content` (newer servers: `reasoning`) and only the answer as `content`.
+    The sampled tokens' texts (from logprobs) say exactly where the thinking ended; without
+    them, an answer present, or a stop that was not the token limit, means it did end.
+    """
+    content = message.content
+    reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+    if not isinstance(reasoning, str):
+        return Completion(text=content or "", finish_reason=finish_reason,
+                          num_tokens=num_tokens, token_logprobs=logprobs)
+    markers = Markers()
+    if tokens:
+        finished = markers.end in "".join(tokens)
+    else:
+        finished = content is not None or finish_reason != "length"
+    text = join_reasoning(reasoning.strip(), (content or "").strip(), markers, finished)
+    split = split_reasoning(text, markers)
+    reasoning_tokens, _ = token_split(num_tokens, text, reasoning_chars(text, split, markers),
+                                      tokens, markers.end)
+    return Completion(text=text, finish_reason=finish_reason, num_tokens=num_tokens,
+                      token_logprobs=logprobs, reasoning=reasoning.strip(),
+                      reasoning_tokens=reasoning_tokens)
+
+
+# Environment variables already reported unset in this process (say it once, not per model).
+_WARNED_NO_KEY: set[str] = set()
+
+
+def _message(exc: Any) -> str:
+    """The server's own error text, on one line."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, str) and body.strip():
+        return " ".join(body.split())
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        text = inner.get("message") if isinstance(inner, dict) else inner
+        if text:
+            return " ".join(str(text).split())
+    return " ".join(str(getattr(exc, "message", exc)).split())
 
 
 class OpenAIBackend:
@@ -34,8 +99,14 @@ class OpenAIBackend:
             )
         self.engine = engine
         self.base_url = engine.base_url
-        self.api_key = os.environ.get(engine.api_key_env) or "EMPTY"
-        self.model = model or self._first_served_model()
+        self.where = public_url(engine.base_url)  # what errors may show
+        key = os.environ.get(engine.api_key_env)
+        if not key and engine.api_key_env not in _WARNED_NO_KEY:
+            _WARNED_NO_KEY.add(engine.api_key_env)
+            print(f"openai backend: ${engine.api_key_env} is not set; sending no API key",
+                  file=sys.stderr)
+        self.api_key = key or "EMPTY"  # the client wants a string; local servers ignore it
+        self.model = self._check_served(model)
 
     def _client(self) -> Any:
         from openai import AsyncOpenAI
@@ -48,34 +119,73 @@ class OpenAIBackend:
             max_retries=0,
         )
 
-    def _first_served_model(self) -> str:
-        async def first() -> str:
+    def _check_served(self, model: str | None) -> str:
+        """Ask the server what it serves (GET /v1/models) before any work: `model` must be one
+        of them; without one, the first is taken."""
+
+        async def listed() -> list[str]:
             client = self._client()
             try:
-                models = await self._with_retries(client.models.list)
-                return models.data[0].id
+                return [m.id for m in (await self._with_retries(client.models.list)).data]
             finally:
                 await client.close()
 
-        return asyncio.run(first())
+        served = asyncio.run(listed())
+        if not served:
+            raise InputError("the server serves no model", file=self.where, field="base_url")
+        if model is None:
+            return served[0]
+        if model not in served:
+            raise InputError(
+                f"the server serves {', '.join(map(repr, served))}, not {model!r}: start it "
+                f"with that model (vLLM: --served-model-name {model}) or name one it serves",
+                file=self.where, field="model",
+            )
+        return model
 
     async def _with_retries(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         import openai
 
         # APITimeoutError is a subclass of APIConnectionError.
         retryable = (openai.APIConnectionError,)
-        for attempt in range(self.engine.max_retries + 1):
+        tries = self.engine.max_retries + 1
+        for attempt in range(tries):
             try:
                 return await call(*args, **kwargs)
             except openai.APIStatusError as exc:
                 transient = exc.status_code >= 500 or exc.status_code == 429
-                if not transient or attempt == self.engine.max_retries:
-                    raise
-            except retryable:
+                if not transient:
+                    raise self._refused(exc) from exc
                 if attempt == self.engine.max_retries:
-                    raise
+                    raise ServiceError(
+                        f"{self.where}: HTTP {exc.status_code} {_message(exc)} "
+                        f"({tries} tries)"
+                    ) from exc
+            except retryable as exc:
+                if attempt == self.engine.max_retries:
+                    what = (f"no answer within {self.engine.request_timeout:g} s "
+                            "(request_timeout)" if isinstance(exc, openai.APITimeoutError)
+                            else f"cannot connect ({exc.__cause__ or exc})")
+                    raise ServiceError(f"{self.where}: {what} ({tries} tries)") from exc
             await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+    def _refused(self, exc: Any) -> InputError:
+        """A 4xx answer (not 429): the request or the settings are wrong; retrying won't help."""
+        status, message = exc.status_code, _message(exc)
+        if status in (401, 403):
+            return InputError(
+                f"the server refused the API key (HTTP {status}: {message}); put the key in "
+                f"${self.engine.api_key_env}", file=self.where, field="api_key_env",
+            )
+        if status == 404:
+            return InputError(
+                f"HTTP 404: {message}; check base_url (an OpenAI-compatible server's usually "
+                f"ends in /v1) and the model name {getattr(self, 'model', None)!r}",
+                file=self.where, field="base_url",
+            )
+        return InputError(f"the server rejected the request (HTTP {status}: {message})",
+                          file=self.where)
 
     async def _one(
         self,
@@ -96,6 +206,7 @@ class OpenAIBackend:
                 stop=sampling.stop or None,
                 logprobs=True,
                 top_logprobs=max(sampling.logprobs, 0),
+                **_template_options(self.engine),
             )
         completions = []
         usage = getattr(response, "usage", None)
@@ -109,13 +220,10 @@ class OpenAIBackend:
                 num_tokens = usage.completion_tokens
             else:
                 num_tokens = 0
+            tokens = [t.token for t in content] if content is not None else None
             completions.append(
-                Completion(
-                    text=choice.message.content or "",
-                    finish_reason=choice.finish_reason,
-                    num_tokens=num_tokens,
-                    token_logprobs=logprobs,
-                )
+                message_completion(choice.message, choice.finish_reason, num_tokens, logprobs,
+                                   tokens)
             )
         return completions
 

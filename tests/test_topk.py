@@ -1,0 +1,170 @@
+"""Top-k capture beside traces.jsonl: format, resume after kill -9, reconcile, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cotdistill.config import GenerateConfig
+from cotdistill.errors import InputError
+from cotdistill.generate import run_generate
+from cotdistill.topk import TopkStore, bytes_per_token
+from tests.test_generate import ROOT, make_problems, read_traces
+from tests.topk_fake import TopkFakeBackend, fake_topk
+
+K = 5
+
+
+def check_store_matches_traces(out: Path) -> int:
+    """Every trace has exactly one row, and it is that trace's (recomputed from its text)."""
+    import numpy as np
+
+    rows = read_traces(out)
+    store = TopkStore.open([out])
+    assert len(store.index) == len(rows)
+    for row in rows:
+        data = store.get((row["problem_id"], row["sample_index"]))
+        assert data is not None, row["problem_id"]
+        want = fake_topk(row["completion"], K)
+        assert len(data["sampled"]) == row["num_tokens"]
+        assert np.array_equal(data["sampled"], want.sampled)
+        assert np.array_equal(data["ids"], want.ids)
+        assert data["ids"].dtype == np.int32 and data["logprobs"].dtype == np.float16
+    return len(rows)
+
+
+def test_capture_writes_compact_rows_and_records_the_tokenizer(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    problems = make_problems(tmp_path / "p.jsonl", 6)
+    out = tmp_path / "out"
+    config = GenerateConfig(problems=problems, out=out, n=2, batch_size=4, topk_logprobs=K,
+                            teacher=str(tiny_model))
+    manifest = run_generate(config, backend=TopkFakeBackend())
+    assert check_store_matches_traces(out) == 12
+    info = manifest["topk"]
+    assert info["k"] == K and info["rows"] == 12
+    assert info["vocab_size"] == 512 and len(info["vocab_sha256"]) == 64
+    assert info["tokenizer"] == str(tiny_model)
+    # Fixed width: 6K + 6 bytes a token, plus a small .npy header per array and shard.
+    assert info["bytes_per_token"] == bytes_per_token(K) == 36
+    assert info["bytes_per_token_on_disk"] < bytes_per_token(K) + 700 * 8 / info["tokens"]
+
+
+def test_rows_of_traces_cut_away_on_resume_are_dropped_and_regenerated(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    problems = make_problems(tmp_path / "p.jsonl", 5)
+    out = tmp_path / "out"
+    config = GenerateConfig(problems=problems, out=out, n=2, batch_size=2, topk_logprobs=K,
+                            teacher=str(tiny_model))
+    run_generate(config, backend=TopkFakeBackend())
+    # A kill after a shard was written but before (all of) its traces were appended: the last
+    # problem's lines are gone, its top-k rows are still there.
+    traces = out / "traces.jsonl"
+    lines = traces.read_text().splitlines(keepends=True)
+    traces.write_text("".join(lines[:-1]))
+    # and an unfinished shard (arrays without their index) lies around
+    (out / "topk" / "shard-000099.ids.npy").write_bytes(b"partial")
+    run_generate(config, backend=TopkFakeBackend())
+    assert check_store_matches_traces(out) == 10
+    assert not (out / "topk" / "shard-000099.ids.npy").exists()
+
+
+def test_refusals_before_any_engine(tiny_model: Path, tmp_path: Path) -> None:
+    problems = make_problems(tmp_path / "p.jsonl", 3)
+    plain = GenerateConfig(problems=problems, out=tmp_path / "plain", n=1,
+                           teacher=str(tiny_model))
+    run_generate(plain, backend=TopkFakeBackend())
+    # Traces made without top-k cannot be completed with it (they would have no rows).
+    more = make_problems(tmp_path / "p4.jsonl", 4)
+    with pytest.raises(InputError, match="no top-k logprobs"):
+        run_generate(plain.model_copy(update={"problems": more, "topk_logprobs": K}),
+                     backend=TopkFakeBackend())
+    # ... nor the other way round.
+    with_k = GenerateConfig(problems=problems, out=tmp_path / "k", n=1, topk_logprobs=K,
+                            teacher=str(tiny_model))
+    run_generate(with_k, backend=TopkFakeBackend())
+    with pytest.raises(InputError, match="asks for none"):
+        run_generate(with_k.model_copy(update={"problems": more, "topk_logprobs": 0}),
+                     backend=TopkFakeBackend())
+    with pytest.raises(InputError, match="vllm backend"):
+        run_generate(GenerateConfig(problems=problems, out=tmp_path / "o", backend="openai",
+                                    base_url="http://127.0.0.1:9/v1", teacher="m",
+                                    topk_logprobs=K))
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from cotdistill.backends.fake import add_numbers
+    from cotdistill.config import GenerateConfig
+    from cotdistill.generate import run_generate
+    from tests.topk_fake import TopkFakeBackend
+
+    def slow(question, index):
+        time.sleep(0.02)
+        return add_numbers(question, index) + " padding" * 500
+
+    config = GenerateConfig(problems=sys.argv[1], out=sys.argv[2], n=3, batch_size=1,
+                            max_tokens=5000, topk_logprobs=5, teacher=sys.argv[3])
+    run_generate(config, backend=TopkFakeBackend(responder=slow))
+    """
+)
+
+
+def test_kill_9_then_rerun_leaves_one_row_per_trace(tiny_model: Path, tmp_path: Path) -> None:
+    problems = make_problems(tmp_path / "p.jsonl", 30)
+    out = tmp_path / "out"
+    script = tmp_path / "slow_generate.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(problems), str(out), str(tiny_model)], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # for tests.topk_fake
+    )
+    traces = out / "traces.jsonl"
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            if traces.exists() and traces.read_bytes().count(b"\n") >= 25:
+                break
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert 25 <= traces.read_bytes().count(b"\n") < 90  # killed mid-run
+
+    config = GenerateConfig(problems=problems, out=out, n=3, batch_size=1, max_tokens=5000,
+                            topk_logprobs=K, teacher=str(tiny_model))
+    manifest = run_generate(config, backend=TopkFakeBackend(
+        responder=lambda q, i: TopkFakeBackend().responder(q, i) + " padding" * 500))
+    assert check_store_matches_traces(out) == 90
+    assert manifest["topk"]["rows"] == 90
+    meta = json.loads((out / "topk" / "meta.json").read_text())
+    assert meta["k"] == K
+
+
+def test_run_points_offline_topk_students_at_its_generate_stage(tmp_path: Path) -> None:
+    from cotdistill.pipeline import PipelineConfig, plan
+
+    problems = make_problems(tmp_path / "p.jsonl", 3)
+    values = {
+        "out": tmp_path / "run", "teacher": "fake-teacher", "problems": problems,
+        "eval_problems": problems, "generate": {"topk_logprobs": 20},
+        "students": [{"name": "kd", "train": {"kd": "offline-topk"}}],
+    }
+    steps = {s.name: s for s in plan(PipelineConfig.model_validate(values)).steps}
+    assert steps["kd: train"].config.topk_from == [tmp_path / "run" / "generate"]
+    assert steps["generate"].config.topk_logprobs == 20
+    with pytest.raises(InputError, match="topk_logprobs"):
+        plan(PipelineConfig.model_validate({**values, "generate": {}}))
