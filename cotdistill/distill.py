@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cotdistill.losses import IGNORE_INDEX, kd_loss, masked_rows, topk_kd_loss
+from cotdistill.losses.features import batch_share
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +87,8 @@ def _rows(model: Any, inputs: dict[str, Any], labels: torch.Tensor, use_hidden: 
         outputs = model(**inputs)
         rows, targets = masked_rows(outputs.logits, labels)
         return outputs, rows, targets, None
-    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+    # Merged, not passed twice: the feature terms may have asked for hidden states already.
+    outputs = model(**{**inputs, "output_hidden_states": True, "logits_to_keep": 1})
     rows, targets = masked_rows(outputs.hidden_states[-1], labels)
     return outputs, rows, targets, _output_head(model)
 
@@ -114,13 +116,15 @@ def distillation_trainer_class() -> type:
     TRL's. Construct with the usual SFTTrainer arguments plus `settings` (KDSettings) and
     either `teacher_model` (online) or `topk` (an object with `batch(rows) -> (ids, logprobs,
     valid)`, see cotdistill/topk.py; the datasets then carry a `kd_row` column).
+    `features` (losses.features.FeatureDistiller, online teacher only) adds the hidden-state,
+    attention and relation terms to the loss.
     """
     import torch
     from trl import SFTTrainer
 
     class DistillationSFTTrainer(SFTTrainer):
         def __init__(self, *args: Any, settings: KDSettings, teacher_model: Any = None,
-                     topk: Any = None, **kwargs: Any) -> None:
+                     topk: Any = None, features: Any = None, **kwargs: Any) -> None:
             if (teacher_model is None) == (topk is None):
                 raise ValueError("give exactly one of teacher_model and topk")
             super().__init__(*args, **kwargs)
@@ -135,6 +139,21 @@ def distillation_trainer_class() -> type:
             self._checked_head = False
             if topk is not None:
                 self.data_collator = _with_kd_rows(self.data_collator)
+            # Hidden / attention / relation terms (losses/features.py). Their projections
+            # train with the student (create_optimizer) but are not part of it: never saved.
+            self.features = features
+            if features is not None:
+                if self.teacher_model is None:
+                    raise ValueError("hidden/attention/relation terms need an online teacher")
+                features.to(self.accelerator.device)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            extra = list(self.features.parameters()) if self.features is not None else []
+            if extra and not any(p is extra[0] for g in optimizer.param_groups
+                                 for p in g["params"]):
+                optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+            return optimizer
 
         def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()
@@ -150,6 +169,8 @@ def distillation_trainer_class() -> type:
             labels = inputs["labels"]
             model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "kd_row")}
             model_inputs["use_cache"] = False
+            if self.features is not None:
+                model_inputs.update(self.features.model_kwargs())
             outputs, rows, targets, head = _rows(model, model_inputs, labels, self.use_hidden)
             if self.use_hidden and not self._checked_head:
                 self._checked_head = True
@@ -160,14 +181,19 @@ def distillation_trainer_class() -> type:
                     outputs, rows, targets, head = _rows(model, model_inputs, labels, False)
             if self.teacher_model is not None:
                 with torch.no_grad():
-                    _, t_rows, _, t_head = _rows(self.teacher_model, model_inputs, labels,
-                                                 self.use_hidden)
+                    t_out, t_rows, _, t_head = _rows(self.teacher_model, model_inputs, labels,
+                                                     self.use_hidden)
                 loss, parts = kd_loss(
                     rows, targets, t_rows, divergence=s.divergence, beta=s.beta,
                     temperature=s.temperature, alpha=s.alpha, vocab_size=s.vocab_size,
                     student_head=head, teacher_head=t_head, chunk_size=s.chunk_size,
                     num_items=num_items_in_batch,
                 )
+                if self.features is not None:
+                    extra, extra_parts = self.features(outputs, t_out, labels,
+                                                       inputs.get("position_ids"))
+                    loss = loss + extra * batch_share(targets.shape[0], num_items_in_batch)
+                    parts.update(extra_parts)
             else:
                 ids, logprobs, valid = self.topk.batch(inputs["kd_row"].tolist())
                 if ids.shape[0] != rows.shape[0]:
@@ -231,7 +257,8 @@ class OfflineKD:
         return {"k": self.meta.get("k"), "teacher": self.meta.get("teacher"),
                 "teacher_tokenizer": self.meta.get("tokenizer"),
                 "examples": s.examples, "aligned": s.aligned, "token_mismatch": s.mismatched,
-                "no_topk_rows": s.missing, "kd_tokens": s.kd_tokens}
+                "no_topk_rows": s.missing, "kd_tokens": s.kd_tokens,
+                "kd_tokens_lost_to_mismatch": s.lost_tokens}
 
 
 def prepare_offline(sources: Any, tokenizer: Any, rows: Any, on_mismatch: str = "skip"
@@ -239,8 +266,9 @@ def prepare_offline(sources: Any, tokenizer: Any, rows: Any, on_mismatch: str = 
     """Open the top-k store, refuse another vocabulary, align every example (see topk.align).
 
     `rows`: the Tokenized train rows then eval rows. An example whose student tokens differ
-    from the teacher's sampled ids, or that has no stored rows, is trained with CE only and
-    counted (with `on_mismatch="error"` it stops the run, naming it).
+    from the teacher's sampled ids gets KD up to the first differing token and CE after it;
+    one without stored rows gets CE only; both are counted (with `on_mismatch="error"` they
+    stop the run, naming a few).
     """
     from cotdistill.errors import InputError
     from cotdistill.topk import TopkStore, build_table, check_vocabulary
@@ -252,18 +280,31 @@ def prepare_offline(sources: Any, tokenizer: Any, rows: Any, on_mismatch: str = 
          r.input_ids, r.completion_mask) for r in rows])
     skipped = stats.mismatched + stats.missing
     if skipped:
-        detail = (f"{stats.mismatched} whose tokens differ from the teacher's sampled ids, "
+        detail = (f"{stats.mismatched} whose tokens differ from the teacher's sampled ids "
+                  f"(KD up to the first difference; {stats.lost_tokens} teacher rows unused), "
                   f"{stats.missing} without stored top-k rows (e.g. "
                   f"{', '.join(stats.skipped[:3])})")
         if on_mismatch == "error":
             raise InputError(f"offline top-k KD cannot use {skipped} of {stats.examples} "
                              f"examples: {detail}", field="topk_on_mismatch")
-        print(f"train: offline top-k KD on {stats.aligned} of {stats.examples} examples; "
-              f"CE only for {detail}")
+        print(f"train: offline top-k KD on {stats.aligned} of {stats.examples} examples "
+              f"whole; {detail}")
     return OfflineKD(table, stats, store.meta)
 
 
 # ---------------------------------------------------------------- on-policy (GKD)
+
+
+def _gkd(name: str) -> Any:
+    """A class from TRL's experimental GKD module, without its "experimental" warning (the
+    on-policy mode is documented as built on it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental import gkd
+
+    return getattr(gkd, name)
 
 
 def on_policy_args(sft_args: Any, *, max_new_tokens: int, sample_temperature: float,
@@ -275,7 +316,7 @@ def on_policy_args(sft_args: Any, *, max_new_tokens: int, sample_temperature: fl
     """
     import dataclasses
 
-    from trl.experimental.gkd import GKDConfig
+    GKDConfig = _gkd("GKDConfig")
 
     values = {f.name: getattr(sft_args, f.name) for f in dataclasses.fields(sft_args)
               if f.init and hasattr(sft_args, f.name)}
@@ -297,9 +338,8 @@ def on_policy_trainer_class() -> type:
     (`teacher_model`, a dataset of `messages`) plus `settings`.
     """
     import torch
-    from trl.experimental.gkd import GKDTrainer
 
-    class OnPolicyKDTrainer(GKDTrainer):
+    class OnPolicyKDTrainer(_gkd("GKDTrainer")):
         def __init__(self, *args: Any, settings: KDSettings, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.settings = settings

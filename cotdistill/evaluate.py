@@ -903,10 +903,10 @@ def run_evaluate(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    workload = Workload.of(config.batch_size, config.n, config.max_tokens,
+    workload = Workload.of(min(config.batch_size, len(problems)), config.n, config.max_tokens,
                            (template.render(p.question) for p in problems))
     factory = backend_factory or (
-        lambda path: make_backend(config.backend, path, config, workload)
+        lambda path: make_backend(config.backend, path, config, workload=workload)
     )
     verify = verify or default_verifier(config.verify_timeout_s)
 

@@ -372,9 +372,11 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
         manifest_path.unlink()  # the set is incomplete again until this run finishes
     if backend is None and todo:
         # The engine starts only once the input and the resume state are known to be good.
-        workload = Workload.of(config.batch_size, config.n, config.max_tokens,
+        workload = Workload.of(min(config.batch_size, len(todo)), config.n, config.max_tokens,
                                (template.render(p.question) for p in todo))
-        backend = make_backend(config.backend, model, config, workload)  # type: ignore[arg-type]
+        backend = make_backend(
+            config.backend, model, config, workload=workload  # type: ignore[arg-type]
+        )
 
     new_tokens = 0
     gen_seconds = 0.0

@@ -43,11 +43,13 @@ class FolderLocked(InputError):
 
 
 def _holder(path: Path) -> str:
+    """'generate run (pid 123)' from the lock file's "123 generate"."""
     try:
-        text = path.read_text().strip()
+        pid, _, stage = path.read_text().strip().partition(" ")
     except OSError:
-        text = ""
-    return text or "unknown pid"
+        pid, stage = "", ""
+    # Empty between the holder's flock and its write: a moment, but name what we know.
+    return f"{stage or 'cotdistill'} run (pid {pid or 'unknown'})"
 
 
 def _acquire(path: Path) -> int:
@@ -90,8 +92,8 @@ def output_lock(folder: Path, stage: str) -> Iterator[None]:
         fd = _acquire(path)
     except BlockingIOError:
         raise FolderLocked(
-            f"another cotdistill run (pid {_holder(path)}) is writing to this folder; wait for "
-            "it to finish or use another --out",
+            f"another {_holder(path)} is writing to this folder; wait for it to finish or use "
+            "another --out",
             file=folder,
         ) from None
     except OSError as exc:
@@ -105,7 +107,7 @@ def output_lock(folder: Path, stage: str) -> Iterator[None]:
     failed = False
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} ({stage})\n".encode())
+        os.write(fd, f"{os.getpid()} {stage}\n".encode())
         _held[folder] = 1
         yield
     except BaseException:

@@ -146,6 +146,15 @@ def _reopen(fd: int, like: Any) -> io.TextIOWrapper:
     return open(fd, "w", buffering=1, encoding=encoding, errors="backslashreplace")  # noqa: SIM115
 
 
+def _on_process_fds() -> bool:
+    """Whether sys.stdout/sys.stderr write to descriptors 1 and 2 (not, e.g., a test's
+    in-memory capture, which keeps what this process prints and has no descriptor to move)."""
+    try:
+        return sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 @contextmanager
 def capture_logs(log_file: Path, terminal: str | None) -> Iterator[Path]:
     """Send engine and library output to `log_file` while the block runs (see module doc).
@@ -170,7 +179,7 @@ def capture_logs(log_file: Path, terminal: str | None) -> Iterator[Path]:
     hooks = _route_libraries() if terminal is None else []
 
     saved: tuple[int, int, Any, Any] | None = None
-    if terminal is None:
+    if terminal is None and _on_process_fds():
         sys.stdout.flush()
         sys.stderr.flush()
         saved = (os.dup(1), os.dup(2), sys.stdout, sys.stderr)

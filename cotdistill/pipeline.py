@@ -59,6 +59,12 @@ class StudentPlan(StrictModel):
         default_factory=dict,
         description="`cotdistill train` keys; data, student and out are set by run.",
     )
+    on_policy: dict[str, Any] | None = Field(
+        None,
+        description="A second stage after `train`: on-policy distillation from the run's "
+        "teacher (`cotdistill train --kd on-policy` keys, e.g. max_steps, kd_loss); data, "
+        "student, teacher, kd and out are set by run. The student evaluated is its result.",
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -184,6 +190,29 @@ def _topk_source(train: dict[str, Any], generate: Any, gen_dir: Path, section: s
     return {**train, "topk_from": [gen_dir]}
 
 
+def _chain_teacher(train: dict[str, Any], models: dict[str, Path], names: list[str],
+                   section: str, source: Any) -> tuple[dict[str, Any], list[Path]]:
+    """Progressive distillation: a `teacher` (or each key of `teachers`) naming an earlier
+    student becomes that student's trained model folder, and a dependency of this step (a
+    retrained intermediate retrains what learns from it: teacher -> intermediate -> final)."""
+    train, deps = dict(train), []
+
+    def resolve(name: Any, field: str) -> Any:
+        if name in models:
+            deps.append(models[name])
+            return str(models[name])
+        if name in names:
+            raise InputError(f"student {name!r} is trained after this one; list it first",
+                             file=source, field=f"{section}.train.{field}")
+        return name
+
+    if isinstance(train.get("teacher"), str):
+        train["teacher"] = resolve(train["teacher"], "teacher")
+    if isinstance(train.get("teachers"), dict):
+        train["teachers"] = {resolve(k, "teachers"): w for k, w in train["teachers"].items()}
+    return train, deps
+
+
 def plan(config: PipelineConfig, source: Any = None) -> Plan:
     """All stage configs, validated (before any model is loaded), in the order they run."""
     from cotdistill.evaluate import EvaluateConfig
@@ -250,14 +279,27 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
             steps.append(Step(f"{student.name}: init", "student_init", start, init, origin_dep))
         _owned(student.train, ("data", "student", "out"), f"{section}.train")
         model_dir = folder / "model"
+        train_keys, chain_dep = _chain_teacher(student.train, models, names, section, source)
         train = _section(
             TrainConfig,
-            {**_topk_source(student.train, generate, gen_dir, f"{section}.train", source),
+            {**_topk_source(train_keys, generate, gen_dir, f"{section}.train", source),
              "data": [sft], "out": model_dir, "student": str(start) if start else origin},
             f"{section}.train", source,
         )
         steps.append(Step(f"{student.name}: train", "train", model_dir, train,
-                          [sft, *([start] if start else origin_dep)]))
+                          [sft, *([start] if start else origin_dep), *chain_dep]))
+        if student.on_policy is not None:
+            _owned(student.on_policy, ("data", "student", "teacher", "kd", "out"),
+                   f"{section}.on_policy")
+            sft_model, model_dir = model_dir, folder / "on_policy"
+            on_policy = _section(
+                TrainConfig,
+                {**student.on_policy, "data": [sft], "out": model_dir, "kd": "on-policy",
+                 "student": str(sft_model), "teacher": teacher_model or "embedded"},
+                f"{section}.on_policy", source,
+            )
+            steps.append(Step(f"{student.name}: on-policy", "train", model_dir, on_policy,
+                              [sft, sft_model, *teacher_dep]))
         models[student.name] = model_dir
         starts[student.name] = start
         origins[student.name] = (start, str(start) if start else origin,
@@ -559,6 +601,44 @@ def _manifest_line(step: Step) -> str:
     return ""
 
 
+def chain_lines(the_plan: Plan) -> list[str]:
+    """Progressive chains (a student taught by another student): each link's accuracy and its
+    retention against the model it learnt from (point ratio; the evaluation below gives each
+    student's interval against the run's teacher). Empty when no student has a student teacher.
+    """
+    students = {str(s.out): s.name.split(": ")[0] for s in the_plan.steps
+                if s.kind == "train" and s.name.endswith(": train")}
+    taught_by = {}
+    for step in the_plan.steps:
+        if step.kind == "train" and step.name.endswith(": train"):
+            teacher = getattr(step.config, "teacher", None)
+            taught_by[step.name.split(": ")[0]] = students.get(str(teacher), "teacher")
+    if all(t == "teacher" for t in taught_by.values()):
+        return []
+    summary_file = the_plan.evaluate_dir / "summary.json"
+    models = json.loads(summary_file.read_text()).get("models", {}) if summary_file.exists() \
+        else {}
+
+    def accuracy(name: str) -> float | None:
+        return (models.get(name) or {}).get("accuracy")
+
+    lines = ["## Progressive chains", "",
+             "| chain | accuracy at each step | retention of each step vs its teacher |",
+             "|---|---|---|"]
+    ends = [n for n in taught_by if n not in set(taught_by.values())]
+    for end in ends:
+        chain = [end]
+        while chain[-1] != "teacher" and len(chain) <= len(taught_by):
+            chain.append(taught_by.get(chain[-1], "teacher"))
+        chain.reverse()
+        accs = [accuracy(n) for n in chain]
+        shown = ["?" if a is None else f"{a:.3f}" for a in accs]
+        kept = ["?" if a is None or b is None or not a else f"{b / a:.2f}"
+                for a, b in zip(accs, accs[1:], strict=False)]
+        lines.append(f"| {' -> '.join(chain)} | {' -> '.join(shown)} | {', '.join(kept)} |")
+    return [*lines, ""]
+
+
 def pipeline_report(
     config: PipelineConfig, the_plan: Plan, record: list[dict[str, Any]], seconds: float
 ) -> str:
@@ -578,6 +658,7 @@ def pipeline_report(
             took += f" (took {manifest['wall_time_s']:.0f} s)"
         lines.append(f"| {step.name} | `{step.out}` | {took} | {_manifest_line(step)} |")
     lines += ["", f"This run: {seconds:.0f} s.", ""]
+    lines += chain_lines(the_plan)
     evaluation = the_plan.evaluate_dir / "report.md"
     if evaluation.exists():
         body = evaluation.read_text().replace("# Evaluation", "## Evaluation", 1)

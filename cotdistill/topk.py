@@ -267,6 +267,7 @@ class AlignStats:
     mismatched: int = 0
     missing: int = 0
     kd_tokens: int = 0
+    lost_tokens: int = 0  # teacher rows unused: after a token that differs
     skipped: list[str] = field(default_factory=list)  # a few keys, for the message
 
 
@@ -305,21 +306,23 @@ class TopkTable:
 
 
 def align(input_ids: Sequence[int], completion_mask: Sequence[int], sampled: Sequence[int]
-          ) -> int | None:
-    """How many completion tokens carry the teacher's rows, or None if the tokens disagree.
+          ) -> tuple[int, bool]:
+    """(completion tokens that carry the teacher's rows, whether all of them could).
 
     The student's tokens of the assistant turn must begin with the teacher's sampled ids
     (cut where max_length cut the example); what follows (the template's end of turn) has no
     teacher row. Re-tokenizing sampled text can differ from the sampled ids (a sampler may
-    pick a non-canonical split): such an example is reported, never trained against shifted
-    rows.
+    pick a non-canonical split, a stop string is cut from the text): rows are used only up to
+    the first token that differs, where the student's context is still the teacher's, and the
+    example is counted; never trained against shifted rows.
     """
     start = next((i for i, m in enumerate(completion_mask) if m), len(completion_mask))
     student = list(input_ids[start:])
     n = min(len(sampled), len(student))
-    if [int(x) for x in sampled[:n]] != student[:n]:
-        return None
-    return n
+    same = 0
+    while same < n and int(sampled[same]) == student[same]:
+        same += 1
+    return same, same == n
 
 
 def build_table(store: TopkStore, examples: Sequence[tuple[Key | None, Sequence[int],
@@ -338,15 +341,15 @@ def build_table(store: TopkStore, examples: Sequence[tuple[Key | None, Sequence[
             entries.append((None, 0, count))
             stats.skipped.append(f"{key[0]}#{key[1]}" if key else "(no sample_index)")
             continue
-        n = align(input_ids, mask, data["sampled"])
-        if n is None:
+        n, whole = align(input_ids, mask, data["sampled"])
+        if whole:
+            stats.aligned += 1
+        else:
             stats.mismatched += 1
-            stats.skipped.append(f"{key[0]}#{key[1]}")
-            entries.append((None, 0, count))
-            continue
-        stats.aligned += 1
+            stats.lost_tokens += min(len(data["sampled"]), count) - n
+            stats.skipped.append(f"{key[0]}#{key[1]} (from token {n})")
         stats.kd_tokens += n
-        entries.append((key, n, count))
+        entries.append((key, n, count) if n else (None, 0, count))
     return TopkTable(store, entries, int(store.meta["k"])), stats
 
 
@@ -399,7 +402,13 @@ def start_capture(out: Path, config: Any, existing: dict[str, list[dict[str, Any
         print(f"generate: dropped {stats['dropped']} top-k rows of traces not in traces.jsonl "
               "(an interrupted batch); they are generated again")
     meta = teacher_meta(model or config.teacher, config.trust_remote_code)
-    return TopkWriter(folder, k, {"teacher": config.teacher, **meta})
+    if backend is None:  # the engine is made from config.teacher: record its resolved name
+        from cotdistill.models import resolve_model
+
+        teacher = resolve_model(config.teacher)[1]
+    else:
+        teacher = config.teacher or backend.name
+    return TopkWriter(folder, k, {"teacher": teacher, **meta})
 
 
 def capture_summary(out: Path) -> dict[str, Any] | None:

@@ -136,10 +136,7 @@ def _first(data: dict[str, Any], names: Sequence[str]) -> tuple[str | None, Any]
     return None, None
 
 
-def _conversation(
-    turns: Any, path: Path, line: int
-) -> tuple[list[Message], str | None, str]:
-    """(prompt turns, last user turn, assistant completion) of a `messages` record."""
+def _messages(turns: list[Any], path: Path, line: int) -> list[Message]:
     messages = []
     for position, turn in enumerate(turns):
         try:
@@ -148,6 +145,14 @@ def _conversation(
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in ("messages", position, *first["loc"]))
             raise InputError(first["msg"], file=path, line=line, field=loc) from exc
+    return messages
+
+
+def _conversation(
+    turns: list[Any], path: Path, line: int
+) -> tuple[list[Message], str | None, str]:
+    """(prompt turns, last user turn, assistant completion) of a `messages` record."""
+    messages = _messages(turns, path, line)
     if not messages or messages[-1].role != "assistant":
         raise InputError("the last message must be the assistant's turn (the completion)",
                          file=path, line=line, field="messages")
@@ -178,6 +183,12 @@ def foreign_traces(
         c_name = "messages"
         if q_name is None and asked is not None:
             q_name, question = "messages", asked
+    elif (isinstance(data.get("messages"), list) and data["messages"]
+          and isinstance(data["messages"][-1], dict)
+          and data["messages"][-1].get("role") != "assistant"):
+        # A completion beside the prompt it answered (as cotdistill writes them): keep the
+        # prompt, system turn included, for training.
+        prompt = _messages(data["messages"], path, line)
     if q_name is None:
         raise InputError(
             f"missing question (looked for {', '.join(fields.question)}, or a user turn in "
@@ -271,9 +282,9 @@ def read_traces(
     """Every trace of every file, in the same order on every call.
 
     A line that cannot be read yields one TraceLine with `error` set (the caller decides to
-    stop or to set it aside); an id collision raises at once. With `validate=False`,
-    cotdistill's own lines are passed on unparsed (a cheap second pass); foreign lines are
-    converted either way, so both passes yield the same number of items.
+    stop or to set it aside); an id collision raises at once. With `validate=False` (the
+    filter's second pass), cotdistill's own lines are passed on as written without being
+    validated; foreign lines are converted either way, so both passes yield the same items.
     """
     ids = IdRegistry()
     for path in paths:
@@ -345,8 +356,6 @@ def sft_records(raw: str | dict[str, Any], file: str, line: int) -> list[dict[st
     for trace in traces:
         prompt = ([{"role": m.role, "content": m.content} for m in trace.messages]
                   if trace.messages else [{"role": "user", "content": trace.question}])
-        if isinstance(turns, list) and turns and not trace.messages:
-            prompt = turns  # our own traces: the prompt as generated (validated by the reader)
         records.append({
             "messages": [*prompt, {"role": "assistant", "content": trace.completion}],
             "problem_id": trace.problem_id, "teacher": trace.teacher,

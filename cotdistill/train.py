@@ -113,6 +113,37 @@ class TrainConfig(StrictModel):
         "skip", description="An example whose tokens differ from the teacher's sampled ids: "
         "train it with CE only (counted and reported) or stop."
     )
+    # Intermediate-representation terms (cotdistill/losses/{hidden,attention,relation}.py),
+    # added to the KD/CE loss with these weights. All off by default: each needs an online
+    # --teacher and has both models keep every layer's hidden states (attention: also every
+    # layer's heads x length^2 weights, and eager attention), and none has been shown to lift
+    # a cut student here yet (README, "Feature distillation").
+    hidden_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the hidden-state (hint) loss over --hidden-layer-map "
+        "on assistant tokens, with a learned projection when widths differ (training only, not "
+        "saved with the student); 0 = off. Needs --teacher.")
+    attention_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the attention loss: KL between the teacher's and "
+        "student's attention rows of mapped layers, per head, averaged; 0 = off. Loads both "
+        "models with eager attention (the only kind that returns the weights).")
+    relation_weight: float = Field(
+        0.0, ge=0.0, description="Weight of the relational (RKD) loss: distance + 2 x angle "
+        "between the batch's sequence representations (Park et al. 2019); 0 = off. Needs "
+        "batches of 3 or more sequences.")
+    hidden_layer_map: str = Field(
+        "uniform", description="Student:teacher layer pairs for the hidden and attention "
+        "losses: uniform (each student block i to teacher block round(i*T/S): every depth gets "
+        "a hint, the last maps to the last), last, or pairs such as 3:12,6:24 (0 = embeddings).")
+    hidden_loss: Literal["mse", "cosine"] = Field(
+        "mse", description="Hidden-state distance: mse (FitNets' hint loss, the default) or "
+        "cosine (1 - cos: ignores scale, for teachers whose hidden states are much larger).")
+    teachers: dict[str, float] = Field(
+        default_factory=dict,
+        description="Multi-teacher soft targets instead of --teacher: {model: weight} (or "
+        "`a=2,b=1`), each teacher's tempered distribution mixed per token with these weights "
+        "(normalised) as the KD target (cotdistill/losses/multi_teacher.py). All must share the "
+        "student's tokenizer.",
+    )
     teacher_weights: dict[str, float] = Field(
         default_factory=dict,
         description="Per-teacher sampling weight, e.g. `big=2,small=0.5`: each record of that "
@@ -172,7 +203,15 @@ class TrainConfig(StrictModel):
         "assistant turn; plain = thinking then answer as plain text (survives any template).",
     )
 
-    @field_validator("teacher_weights", mode="before")
+    @field_validator("hidden_layer_map")
+    @classmethod
+    def _layer_map_syntax(cls, value: str) -> str:
+        from cotdistill.losses.hidden import layer_pairs
+
+        layer_pairs(value, 10**6, 10**6)  # syntax only; the layer counts are checked in prepare
+        return value.strip()
+
+    @field_validator("teacher_weights", "teachers", mode="before")
     @classmethod
     def _parse_weights(cls, value: Any) -> Any:
         """Accept `a=2,b=0.5` (the generated flag passes one string) or a JSON object."""
@@ -191,7 +230,7 @@ class TrainConfig(StrictModel):
             weights[name] = float(weight)
         return weights
 
-    @field_validator("teacher_weights")
+    @field_validator("teacher_weights", "teachers")
     @classmethod
     def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
         for name, weight in value.items():
@@ -732,6 +771,9 @@ def train_log_callback(path: Path) -> Any:
 
     keys = ("loss", "learning_rate", "grad_norm", "eval_loss", "mean_token_accuracy",
             "distill_kl", "distill_ce", "num_tokens", "epoch", "train_loss", "train_runtime")
+    # Every feature-distillation term, whatever its name (losses/features.py), train and eval.
+    prefixes = tuple(f"{mode}{term}_" for mode in ("", "eval_")
+                     for term in ("hidden", "attention", "relation"))
 
     class TrainLog(TrainerCallback):
         def __init__(self) -> None:
@@ -754,6 +796,7 @@ def train_log_callback(path: Path) -> Any:
                 self.last_time, self.last_tokens = now, tokens
             entry = {"step": state.global_step, "time": round(now, 3)}
             entry.update({k: logs[k] for k in (*keys, "tokens_per_s") if k in logs})
+            entry.update({k: v for k, v in logs.items() if k.startswith(prefixes)})
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
@@ -859,6 +902,9 @@ def prepare(config: TrainConfig) -> Prepared:
             load_pretrained(AutoConfig, teacher_path, remote, "teacher"),
             teacher_path,
         )
+    if config.teachers:
+        teacher_path, teacher_name = check_teachers(config, tokenizer, student_path)
+    check_feature_terms(config, student_path, teacher_path)
     rows, stats = tokenize_examples(tokenizer, examples, config.max_length)
     train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
     train_rows = apply_teacher_weights(train_rows, config.teacher_weights, config.seed)
@@ -880,10 +926,88 @@ def prepare(config: TrainConfig) -> Prepared:
                     train_rows, eval_rows, kd, on_policy)
 
 
+def feature_settings(config: TrainConfig) -> Any:
+    """losses.features.FeatureSettings from the config's hidden_/attention_/relation_ keys."""
+    from cotdistill.losses.features import FeatureSettings
+
+    return FeatureSettings(
+        hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
+        relation_weight=config.relation_weight, hidden_layer_map=config.hidden_layer_map,
+        hidden_loss=config.hidden_loss)
+
+
+def check_feature_terms(config: TrainConfig, student_path: str, teacher_path: str | None
+                        ) -> None:
+    """The hidden/attention/relation keys against the mode and both models' configs (no
+    weights loaded): InputError naming the field."""
+    from cotdistill.losses.attention import EXPOSES_WEIGHTS
+    from cotdistill.losses.features import check_layer_map
+
+    settings = feature_settings(config)
+    if not settings.active:
+        return
+    field_name = next(k for k in ("hidden_weight", "attention_weight", "relation_weight")
+                      if getattr(config, k) > 0)
+    if teacher_path is None or config.kd not in (None, "online"):
+        raise InputError("hidden/attention/relation distillation needs an online teacher "
+                         "(--teacher, --kd online)", field=field_name)
+    if (config.attention_weight > 0 and config.attn_implementation
+            and config.attn_implementation not in EXPOSES_WEIGHTS):
+        raise InputError(f"--attention-weight needs attention weights, which only "
+                         f"{'/'.join(EXPOSES_WEIGHTS)} attention returns, not "
+                         f"{config.attn_implementation}", field="attn_implementation")
+    from transformers import AutoConfig
+
+    from cotdistill.student import load_pretrained
+
+    remote = config.trust_remote_code
+    try:
+        check_layer_map(settings, load_pretrained(AutoConfig, student_path, remote, "student"),
+                        load_pretrained(AutoConfig, teacher_path, remote, "teacher"))
+    except ValueError as exc:
+        raise InputError(str(exc), field="hidden_layer_map") from None
+
+
+def check_teachers(config: TrainConfig, tokenizer: Any, student_path: str
+                   ) -> tuple[str, str]:
+    """`teachers`: the mode, the weights and every teacher's tokenizer, before any weights load.
+
+    Returns (first teacher's path, the names joined) to stand for the mixture downstream.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cotdistill.models import resolve_model
+    from cotdistill.student import load_pretrained
+
+    if config.teacher is not None:
+        raise InputError("give --teacher or teachers, not both", field="teachers")
+    if config.kd not in (None, "online"):
+        raise InputError("teachers mixes online teachers' distributions; --kd must be online",
+                         field="teachers")
+    if not sum(config.teachers.values()) > 0:
+        raise InputError("the teachers' weights sum to 0", field="teachers")
+    if feature_settings(config).active:
+        raise InputError("hidden/attention/relation terms need a single --teacher",
+                         field="teachers")
+    remote = config.trust_remote_code
+    paths = []
+    for name in config.teachers:
+        path, _ = resolve_model(name)
+        check_same_tokenizer(tokenizer, load_pretrained(AutoTokenizer, path, remote, "teacher"),
+                             load_pretrained(AutoConfig, student_path, remote, "student"),
+                             load_pretrained(AutoConfig, path, remote, "teacher"), path)
+        paths.append(path)
+    return paths[0], ", ".join(f"{n} ({w:g})" for n, w in config.teachers.items())
+
+
 def build_trainer(
     config: TrainConfig, prepared: Prepared, out: Path, callbacks: Sequence[Any] = ()
 ) -> Any:
     """The SFTTrainer (or its distillation variant) for this run, models loaded."""
+    if config.attention_weight > 0 and config.attn_implementation is None:
+        print("train: --attention-weight: loading student and teacher with eager attention "
+              "(sdpa and flash attention do not return attention weights)")
+        config = config.model_copy(update={"attn_implementation": "eager"})
     cuda = use_cuda()
     dtype = train_dtype(config, cuda)
     offline = prepared.offline is not None
@@ -925,9 +1049,24 @@ def build_trainer(
         return on_policy_trainer_class()(
             **common, settings=settings,
             teacher_model=load_model(prepared.teacher_path, config, dtype))
+    if config.teachers:
+        from cotdistill.losses.multi_teacher import teacher_mixture_class
+        from cotdistill.models import resolve_model
+
+        teacher_model = teacher_mixture_class()(
+            [load_model(resolve_model(name)[0], config, dtype) for name in config.teachers],
+            list(config.teachers.values()), temperature=config.distill_temperature,
+            vocab_size=len(prepared.tokenizer))
+    else:
+        teacher_model = load_model(prepared.teacher_path, config, dtype)
+    features = None
+    if feature_settings(config).active:
+        from cotdistill.losses.features import FeatureDistiller
+
+        features = FeatureDistiller.build(feature_settings(config), common["model"].config,
+                                          teacher_model.config)
     return distillation_trainer_class()(
-        **common, settings=settings,
-        teacher_model=load_model(prepared.teacher_path, config, dtype),
+        **common, settings=settings, teacher_model=teacher_model, features=features,
     )
 
 
@@ -1011,6 +1150,8 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
             "distillation": teacher_name is not None,
             "kd": None if teacher_name is None else {
                 "mode": config.kd or "online", "loss": config.kd_loss,
+                "feature_terms": {k: getattr(config, k) for k in (
+                    "hidden_weight", "attention_weight", "relation_weight") if getattr(config, k)},
                 **(prepared.offline.summary() if prepared.offline is not None else {})},
             "outputs": outputs,
             "resumed_from": str(resume_from) if resume_from else None,

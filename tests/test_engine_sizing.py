@@ -228,3 +228,7 @@ def test_preflight_checks_an_explicit_fraction_as_vllm_would(
         preflight(plan, fresh)
     plan = plan_cpu_engine(folder, EngineConfig(gpu_memory_utilization=0.3), None, fresh)
     preflight(plan, fresh)
+    # More than the node has available now: vLLM would refuse at start-up.
+    plan = plan_cpu_engine(folder, EngineConfig(gpu_memory_utilization=0.9), None, fresh)
+    with pytest.raises(InputError, match="NUMA node 0 has 6.36 GiB available"):
+        preflight(plan, fresh)

@@ -321,7 +321,7 @@ def test_lora_student_is_evaluated_with_its_adapter(
         problems=problems, out=tmp_path / "eval", model=[f"base={tiny_model}",
                                                          f"student={adapter}"],
         prompt_template="plain", n=1, temperature=0.0, max_tokens=12, dtype="float32",
-        gpu_memory_utilization=0.1, reference="base", bootstrap_resamples=20,
+        reference="base", bootstrap_resamples=20,
     )
     (source,) = locate_models({"student": str(adapter)})
     assert source.adapter == adapter

@@ -300,7 +300,10 @@ def test_run_filter_partitions_every_trace_exactly_once(tmp_path: Path) -> None:
     assert sft[0]["messages"][-1] == {"role": "assistant", "content": "2 plus 3 is \\boxed{5}"}
     assert sft[0]["messages"][0]["role"] == "user"
     assert {r["teacher"] for r in sft} == {"teacher-a", "teacher-b"}
-    assert set(sft[0]) == {"messages", "problem_id", "teacher"}
+    # sample_index: with problem_id, the key of the teacher's stored top-k rows (topk.py).
+    assert set(sft[0]) == {"messages", "problem_id", "sample_index", "teacher"}
+    assert {(r["problem_id"], r["sample_index"]) for r in sft} == {
+        (r["problem_id"], r["sample_index"]) for r in kept}
 
     report = json.loads((out / "report.json").read_text())
     assert report["coverage"] == {"problems_with_kept_trace": 3, "share": 0.6}

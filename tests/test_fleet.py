@@ -3,6 +3,7 @@ real vLLM servers on the tiny model, one killed in the middle of a generate run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,10 +107,8 @@ def servers() -> Iterator[Callable[..., Server]]:
 
     yield make
     for server in made:
-        try:
+        with contextlib.suppress(OSError):
             server.stop()
-        except OSError:
-            pass
 
 
 def engine(*urls: str, **values) -> EngineConfig:
@@ -149,9 +148,17 @@ def test_an_endpoint_serving_another_model_is_refused_before_work(servers) -> No
 
 
 def test_requests_go_to_the_endpoint_with_fewest_in_flight(servers) -> None:
+    from cotdistill.progress import progress_bar
+
     slow, fast = servers(delay=0.4), servers(delay=0.02)
     fleet = FleetBackend("m", engine(slow.url, fast.url, concurrency=2))
-    results = fleet.generate(conversations(30), SamplingConfig(n=1, max_tokens=8))
+    bar = progress_bar(30, "generate")
+    results = fleet.generate(conversations(30), SamplingConfig(n=1, max_tokens=8),
+                             progress=bar.update)
+    bar.close()
+    assert bar.n == 30
+    # The bar shows each endpoint's rate: host:port/v1 NN tok/s, for both.
+    assert bar.postfix.count("tok/s") == 2 and f"127.0.0.1:{fast.port}" in bar.postfix
     assert [r[0].text for r in results] == [f"q{i}|0" for i in range(30)]
     # The fast server frees its slots sooner, so it is the least busy more often.
     assert fast.chats > 2 * slow.chats > 0

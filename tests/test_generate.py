@@ -227,7 +227,7 @@ def test_cli_runs_with_yaml_and_flags(tmp_path: Path, monkeypatch: pytest.Monkey
         def close(self) -> None:
             self.closed = True
 
-    def fake_backend(name, model, engine):
+    def fake_backend(name, model, engine, workload=None):
         made.append((name, model, engine.seed, engine.gpu_memory_utilization))
         made.append(Closing())
         return made[-1]

@@ -73,7 +73,7 @@ def test_second_generate_on_the_same_out_stops_naming_the_pid(
                          "--n", "2"])
         err = capsys.readouterr().err
         assert code == 2
-        assert f"pid {first.pid} (generate)" in err and str(out) in err
+        assert f"another generate run (pid {first.pid}) is writing" in err and str(out) in err
         assert len(err.strip().splitlines()) == 1
         assert traces.read_bytes().startswith(before)  # the second run wrote nothing
     finally:
@@ -110,14 +110,14 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         with pytest.raises(FolderLocked) as info, output_lock(out, "filter"):
             pass
-        assert f"pid {holder.pid} (filter)" in info.value.message
+        assert f"another filter run (pid {holder.pid})" in info.value.message
         assert info.value.file == str(out.resolve())
         assert isinstance(info.value, InputError)  # the CLI prints it as one line, status 2
     finally:
         holder.kill()  # SIGKILL: no cleanup code runs in the holder
         holder.wait()
     with output_lock(out, "filter"):
-        assert (out / LOCK).read_text().startswith(f"{os.getpid()} (filter)")
+        assert (out / LOCK).read_text() == f"{os.getpid()} filter\n"
 
 
 def test_nested_locks_on_different_folders_and_reentry(tmp_path: Path) -> None:

@@ -286,3 +286,18 @@ def test_filter_sbatch_filters_every_shard_and_merges(tmp_path: Path) -> None:
     assert len(manifest["merged_from"]) == 2
     reasons = {r for row in rows(out / "filter" / "rejected.jsonl") for r in row["reasons"]}
     assert "contaminated" in reasons  # the eval set's questions were dropped in each shard
+
+
+def test_yaml_generate_section_takes_the_scale_out_keys(tmp_path: Path) -> None:
+    from cotdistill.config import load_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("generate:\n  executor: ray\n  shards: 4\n  shard_gpus: 1\n"
+                    "  base_url: [http://a:8000/v1, http://b:8000/v1]\n")
+    config = load_config(GenerateConfig, path, section="generate")
+    assert (config.executor, config.shards, config.shard_gpus) == ("ray", 4, 1.0)
+    assert config.base_url == ["http://a:8000/v1", "http://b:8000/v1"]
+    path.write_text("generate:\n  executor: slurm\n")
+    with pytest.raises(InputError) as info:
+        load_config(GenerateConfig, path, section="generate")
+    assert info.value.field == "executor"

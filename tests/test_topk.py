@@ -168,3 +168,84 @@ def test_run_points_offline_topk_students_at_its_generate_stage(tmp_path: Path) 
     assert steps["generate"].config.topk_logprobs == 20
     with pytest.raises(InputError, match="topk_logprobs"):
         plan(PipelineConfig.model_validate({**values, "generate": {}}))
+
+
+def test_run_adds_an_on_policy_stage_after_a_students_sft(tmp_path: Path) -> None:
+    from cotdistill.pipeline import PipelineConfig, plan
+
+    problems = make_problems(tmp_path / "p.jsonl", 3)
+    config = PipelineConfig.model_validate({
+        "out": tmp_path / "run", "teacher": "fake-teacher", "problems": problems,
+        "eval_problems": problems,
+        "students": [{"name": "s", "train": {"epochs": 1},
+                      "on_policy": {"max_steps": 5, "kd_loss": "reverse"}}],
+    })
+    result = plan(config)
+    names = [s.name for s in result.steps]
+    assert names.index("s: on-policy") == names.index("s: train") + 1
+    steps = {s.name: s for s in result.steps}
+    stage = steps["s: on-policy"].config
+    assert stage.kd == "on-policy" and stage.teacher == "fake-teacher"
+    assert stage.student == str(tmp_path / "run" / "students" / "s" / "model")
+    assert stage.kd_loss == "reverse" and stage.max_steps == 5
+    # The student evaluated is the on-policy stage's result.
+    evaluated = steps["evaluate"].config.model
+    assert f"s={tmp_path / 'run' / 'students' / 's' / 'on_policy'}" in evaluated
+
+
+def test_the_issue_flags_exist() -> None:
+    from cotdistill.cli import build_parser
+    from cotdistill.config import load_config
+    from cotdistill.train import TrainConfig
+
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "--topk-logprobs", "20"])
+    assert gen.topk_logprobs == 20
+    args = parser.parse_args(["train", "--kd", "offline-topk", "--topk-from", "a", "b",
+                              "--topk-tail", "bucket", "--kd-loss", "jsd", "--kd-beta", "0.2"])
+    values = {k: getattr(args, k) for k in ("kd", "topk_from", "topk_tail", "kd_loss", "kd_beta")}
+    config = load_config(TrainConfig, overrides=values)
+    assert (config.kd, config.topk_tail, config.kd_loss, config.kd_beta) == (
+        "offline-topk", "bucket", "jsd", 0.2)
+    assert config.topk_from == [Path("a"), Path("b")]
+    with pytest.raises(InputError):
+        load_config(TrainConfig, overrides={"kd": "offline"})
+
+
+@pytest.mark.parametrize(("input_ids", "sampled", "expected"), [
+    ([1, 2, 10, 11, 12, 99, 5], [10, 11, 12, 99], (4, True)),   # template suffix: no rows
+    ([1, 2, 10, 11, 12], [10, 11, 12, 99], (3, True)),          # cut by max_length
+    ([1, 2, 10, 13, 12, 99], [10, 11, 12, 99], (1, False)),     # re-tokenized differently
+    ([1, 2, 7, 11], [10, 11], (0, False)),
+])
+def test_align_uses_rows_only_up_to_the_first_differing_token(input_ids, sampled,
+                                                              expected) -> None:
+    from cotdistill.topk import align
+
+    mask = [0, 0] + [1] * (len(input_ids) - 2)
+    assert align(input_ids, mask, sampled) == expected
+
+
+def test_table_rows_follow_the_label_tokens_of_each_example(tmp_path: Path) -> None:
+    """Batch rows come example by example, one per completion token; rows past the aligned
+    prefix (and of examples without top-k) are invalid."""
+    import numpy as np
+
+    from cotdistill.topk import TopkWriter, build_table
+
+    writer = TopkWriter(tmp_path / "topk", 2, {"vocab_sha256": "x"})
+    writer.write([(("a", 0), fake_topk("w1 w2 w3", 2)), (("b", 0), fake_topk("w4 w5", 2))])
+    store = TopkStore.open([tmp_path])
+    a = fake_topk("w1 w2 w3", 2)
+    b = fake_topk("w4 w5", 2)
+    examples = [
+        (("a", 0), [1, *a.sampled.tolist(), 7], [0, 1, 1, 1, 1]),      # 3 rows + suffix
+        (("b", 0), [1, 1, int(b.sampled[0]), 3], [0, 0, 1, 1]),        # differs at token 1
+        (("c", 0), [1, 5, 6], [0, 1, 1]),                              # no stored rows
+    ]
+    table, stats = build_table(store, examples)
+    assert (stats.aligned, stats.mismatched, stats.missing, stats.kd_tokens) == (1, 1, 1, 4)
+    ids, logprobs, valid = table.batch([0, 1, 2])
+    assert valid.tolist() == [True, True, True, False, True, False, False, False]
+    assert np.array_equal(ids[:3].numpy(), a.ids) and np.array_equal(ids[4].numpy(), b.ids[0])
+    assert logprobs.dtype.is_floating_point and ids.shape == (8, 2)

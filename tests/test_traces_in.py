@@ -257,3 +257,13 @@ def test_train_reads_traces_of_every_shape(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         load_examples([bad])
     assert (info.value.line, info.value.field) == (1, "completion")
+
+
+def test_a_completion_beside_its_prompt_messages_keeps_the_prompt(tmp_path: Path) -> None:
+    prompt = [{"role": "system", "content": "Think first."}, {"role": "user", "content": ADD}]
+    path = write(tmp_path / "p.jsonl", [
+        {"question": ADD, "messages": prompt, "response": "So \\boxed{5}.", "answer": "5"}])
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[path], out=out))
+    assert rows_of(out / "sft.jsonl")[0]["messages"] == [
+        *prompt, {"role": "assistant", "content": "So \\boxed{5}."}]

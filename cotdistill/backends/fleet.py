@@ -205,7 +205,13 @@ class FleetBackend:
                     endpoint.in_flight += 1
                     endpoint.requests += 1
                     return endpoint
-                if not any(e.up for e in self.endpoints) and time.monotonic() > deadline:
+                if any(e.up for e in self.endpoints):
+                    # All busy: a finished request wakes one waiter (waking every waiter on
+                    # every release costs the client CPU quadratic in the requests queued).
+                    await wake.wait()
+                    deadline = time.monotonic() + self._longest_outage_s()
+                    continue
+                if time.monotonic() > deadline:
                     raise ServiceError(
                         f"every endpoint of the fleet is down for {self._longest_outage_s():g} "
                         "s: " + "; ".join(f"{e.where}: {e.last_error}" for e in self.endpoints))
@@ -240,7 +246,9 @@ class FleetBackend:
                 if endpoint.in_flight == 0:
                     endpoint.busy_s += time.monotonic() - endpoint.busy_since
                 async with wake:
-                    wake.notify_all()
+                    # A freed slot wakes one waiter; an endpoint just taken out wakes them all
+                    # (they may have to wait for the probe now, with a deadline).
+                    wake.notify(1) if endpoint.up else wake.notify_all()
             endpoint.samples += len(completions)
             endpoint.tokens += sum(c.num_tokens for c in completions)
             show(len(completions))

@@ -51,6 +51,9 @@ TEMPLATE_TOKENS = 64
 # machine (bench/bench_engine_memory.py, resident memory not backed by files): 1.18 GiB with
 # the tiny test model, 1.57 GiB with SmolLM2-135M.
 ENGINE_OVERHEAD_BYTES = int(1.75 * GiB)
+# The least the engine's worker process alone was seen to hold besides its weights (0.8 GiB,
+# tiny model): vLLM's fraction path subtracts the worker's own memory, not this process's.
+WORKER_MIN_BYTES = int(0.75 * GiB)
 # An automatic size takes at most this share of the memory left after weights and overhead:
 # the rest stays for this process, math-verify's workers and the next stage.
 AUTO_SHARE = 0.5
@@ -327,14 +330,16 @@ def preflight(plan: EnginePlan, available: MemoryAvailable | None = None) -> Non
         fraction = plan.gpu_memory_utilization
         if fraction is None or available.node_bytes is None:
             return
-        # vLLM's fraction path: fraction x node total, minus the worker's own memory.
+        # vLLM's fraction path: fraction x node total, minus the worker's own memory. Only
+        # what is sure to fail stops here: the user asked for this fraction.
         total = _node_total_bytes() or available.system_bytes
         requested = int(total * fraction)
-        if requested > available.node_bytes or requested <= fixed_cost:
+        worker = plan.weights_bytes + WORKER_MIN_BYTES
+        if requested > available.node_bytes or requested <= worker:
             raise InputError(
                 f"gpu_memory_utilization {fraction} asks vLLM for {_gib(requested)} GiB of "
-                f"node 0's {_gib(total)} GiB, but the engine itself needs about "
-                f"{_gib(fixed_cost)} GiB and {available.describe()}: remove "
+                f"node 0's {_gib(total)} GiB, but the engine's worker alone takes over "
+                f"{_gib(worker)} GiB and {available.describe()}: remove "
                 "gpu_memory_utilization to size the KV cache in bytes (kv_cache_gb), or free "
                 "memory",
                 field="gpu_memory_utilization",

@@ -66,6 +66,9 @@ def category_plot(table: Mapping[str, Any], reference: str, path: Path) -> Path 
         for i, row in enumerate(rows):
             ret = row["models"][name]["retention"]
             if not ret or ret["value"] is None:
+                # The reference solved nothing here: no ratio, say so instead of a silent gap.
+                ax.text(i + (k - (len(students) - 1) / 2) * width, 0.02, "n/a", ha="center",
+                        fontsize=7, color="grey")
                 continue
             value = ret["value"]
             xs.append(i + (k - (len(students) - 1) / 2) * width)
