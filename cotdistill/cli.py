@@ -5,6 +5,7 @@
     cotdistill train --data runs/filter/sft.jsonl --student MODEL --out runs/student
     cotdistill student init --teacher MODEL --out DIR --keep-every 2
     cotdistill evaluate --problems data/test.jsonl --model teacher=A --model student=B --out DIR
+    cotdistill quantize --model runs/student --scheme w8a8 --out runs/student-w8a8
     cotdistill run --config configs/demo.yaml
 
 Each stage module exposes a pydantic config and a `run_*` function; flags override keys of the
@@ -60,6 +61,10 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command(
         "cotdistill.evaluate", "EvaluateConfig", "run_evaluate", "evaluate",
         "Score teacher and students on the same problems; report retention.",
+    ),
+    "quantize": Command(
+        "cotdistill.quantize", "QuantizeConfig", "run_quantize", "quantize",
+        "Quantise a model folder (w8a8 or w4a16, compressed-tensors) for vLLM to serve.",
     ),
     "run": Command(
         "cotdistill.pipeline", "PipelineConfig", "run_pipeline", "",

@@ -520,19 +520,47 @@ def locate_models(models: dict[str, str]) -> list[ModelSource]:
 
 
 def parameter_count(model_dir: Path) -> int | None:
-    """Parameters in a folder's safetensors files, read from their headers (no weights loaded)."""
+    """Parameters in a folder's safetensors files, read from their headers (no weights loaded).
+
+    A quantised checkpoint (config.json has a `quantization_config`, e.g. from `cotdistill
+    quantize`) counts the model's parameters, not the tensors that store them: scales and zero
+    points are not parameters, and a packed int4 weight (eight values per int32) counts by its
+    unpacked shape, which compressed-tensors stores beside it as `weight_shape`.
+    """
+    from cotdistill.evaluation.deployment import QUANT_AUX
+
     files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
     if not files:
         return None
+    quantized = quantized_scheme(model_dir) is not None
     total = 0
     for file in files:
         with open(file, "rb") as fh:
             (size,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(size))
-        total += sum(
-            prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__"
-        )
+            for key, entry in header.items():
+                module, _, leaf = key.rpartition(".")
+                if key == "__metadata__" or (quantized and leaf in QUANT_AUX):
+                    continue
+                shape = header.get(f"{module}.weight_shape") if leaf == "weight_packed" else None
+                if quantized and shape is not None and shape["dtype"] in ("I64", "I32"):
+                    start, end = shape["data_offsets"]
+                    fh.seek(8 + size + start)
+                    code, width = ("q", 8) if shape["dtype"] == "I64" else ("i", 4)
+                    total += prod(struct.unpack(f"<{(end - start) // width}{code}",
+                                                fh.read(end - start)))
+                else:
+                    total += prod(entry["shape"])
     return total
+
+
+def quantized_scheme(model_dir: Path) -> str | None:
+    """'w8a8', 'w4a16' for a quantised folder (`cotdistill quantize`), else None: marks the
+    model in both tables, so distilled + quantised students read apart from the others."""
+    from cotdistill.backends.sizing import read_model_config
+    from cotdistill.evaluation.deployment import quantization_label
+
+    return quantization_label(read_model_config(str(model_dir)))
 
 
 def stage_memory(config: EvaluateConfig) -> PeakMemory | None:
@@ -634,6 +662,7 @@ def model_summary(run: ModelRun, config: EvaluateConfig) -> dict[str, Any]:
         {
             **run.extra,
             "parameters": parameters,
+            "quantization": quantized_scheme(served) if run.extra.get("served_path") else None,
             "output_tokens": tokens,
             "output_tokens_per_s": tokens / run.generation_s if run.generation_s > 0 else None,
             "seconds_per_problem": run.generation_s / problems if problems else None,
@@ -702,7 +731,7 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
             _interval(ret["value"], ret["low"], ret["high"]) if ret else "-"
         )
         row = [
-            name,
+            name + (f" [{m['quantization']}]" if m.get("quantization") else ""),
             _params(m["parameters"]),
             _interval(m["accuracy"], *m["accuracy_ci"]),
             *[_fmt(m.get(c)) for c in extra_cols],

@@ -4,6 +4,7 @@
     majority_correct(["7", "7", "8"], [1, 1, 0])   -> True
     expected_calibration_error([0.9, 0.2], [True, False], bins=10)
     bootstrap_ratio(student_scores, teacher_scores, resamples=1000, seed=0)
+    bootstrap_difference(after_scores, before_scores)   # paired change, e.g. per round
 
 pass@k uses the unbiased estimator of Chen et al. (2021), "Evaluating Large Language Models
 Trained on Code", eq. 1. ECE follows Guo et al. (2017): equal-width confidence bins, weighted by
@@ -168,3 +169,28 @@ def bootstrap_ratio(
         return Interval(value, None, None, undefined=resamples)
     low, high = _percentiles(top_means[defined] / bottom_means[defined], confidence)
     return Interval(value, low, high, undefined=int((~defined).sum()))
+
+
+def bootstrap_difference(
+    after: Sequence[float],
+    before: Sequence[float],
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """mean(after) - mean(before), paired: each resample draws the same problems for both.
+
+    For one model before and after a change (a refinement round) on the same problems: pairing
+    removes the spread between easy and hard problems, which both share.
+    """
+    import numpy as np
+
+    if len(after) != len(before):
+        raise ValueError("paired scores differ in length")
+    if not after:
+        return Interval(None, None, None)
+    change = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(change), size=(resamples, len(change)))
+    low, high = _percentiles(change[draws].mean(axis=1), confidence)
+    return Interval(float(change.mean()), low, high)

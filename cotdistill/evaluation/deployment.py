@@ -29,9 +29,11 @@ only (no time to first token).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,55 @@ def disk_bytes(model_dir: str | Path | None) -> int | None:
     return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.is_file())
 
 
+# Tensors of a quantised checkpoint that store how to read the weights, not model parameters.
+QUANT_AUX = frozenset({
+    "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight_global_scale",
+    "input_scale", "input_zero_point", "input_global_scale", "output_scale",
+    "output_zero_point", "k_scale", "v_scale",
+})
+# safetensors dtype names -> bytes per element.
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2,
+                     "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def quantization_label(config: Mapping[str, Any] | None) -> str | None:
+    """'w8a8', 'w4a16' (weight and activation bits of a compressed-tensors checkpoint, as
+    written by `cotdistill quantize`), another checkpoint's quant_method, None if unquantised."""
+    quant = (config or {}).get("quantization_config")
+    if not isinstance(quant, Mapping):
+        return None
+    for group in (quant.get("config_groups") or {}).values():
+        weights = (group or {}).get("weights") if isinstance(group, Mapping) else None
+        if isinstance(weights, Mapping) and weights.get("num_bits"):
+            activations = group.get("input_activations") or {}
+            return f"w{weights['num_bits']}a{activations.get('num_bits') or 16}"
+    return str(quant.get("quant_method") or "quantized")
+
+
+def quantized_weights_bytes(model_dir: str | Path | None, dtype: str | None) -> int | None:
+    """Weights memory of a quantised checkpoint, from its safetensors headers: integer tensors
+    (the quantised weights, packed or not) at their stored size, which vLLM keeps (its CPU
+    kernels repack them, same bytes), floating tensors (embeddings, norms, scales) at the served
+    dtype. None for an unquantised folder, whose weights are parameters x dtype bytes."""
+    size = DTYPE_BYTES.get(str(dtype)) if dtype else None
+    folder = Path(model_dir) if model_dir else None
+    if folder is None or size is None or quantization_label(read_model_config(str(folder))) \
+            is None:
+        return None
+    total = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with open(file, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            count = prod(entry["shape"])
+            dtype_name = entry["dtype"]
+            total += count * (size if dtype_name.startswith(("F", "BF")) and
+                              not dtype_name.startswith("F8") else SAFETENSORS_BYTES[dtype_name])
+    return total or None
+
+
 def served_dtype(engine_dtype: str, config: Mapping[str, Any] | None) -> str | None:
     """The dtype an engine serves when it was not measured: the one asked for, else vLLM's
     `auto` rule (half-precision checkpoints keep their dtype, float32 ones go to the platform's
@@ -89,12 +140,14 @@ def model_memory(
     config: Mapping[str, Any] | None,
     dtype: str | None,
     request_tokens: int,
+    weights_bytes: int | None = None,
 ) -> dict[str, int | None]:
-    """Weights, one request's KV cache and activations, and their sum (bytes)."""
+    """Weights, one request's KV cache and activations, and their sum (bytes). The weights are
+    parameters x dtype bytes, or `weights_bytes` when given (a quantised checkpoint)."""
     size = DTYPE_BYTES.get(str(dtype)) if dtype else None
     if parameters is None or size is None:
         return {"weights": None, "kv_one_request": None, "activations": None, "total": None}
-    weights = parameters * size
+    weights = parameters * size if weights_bytes is None else weights_bytes
     try:
         kv = kv_bytes_per_token(dict(config), str(dtype)) * request_tokens if config else None
         act = activation_bytes(config, request_tokens, size) if config else None
@@ -252,13 +305,15 @@ def deployment_table(
         latency = m.get("latency") or {}
         dtype = latency.get("served_dtype") or served_dtype(engine_dtype, config)
         request_tokens = (latency.get("max_prompt_tokens") or 0) + max_tokens
-        memory = model_memory(m.get("parameters"), config, dtype, request_tokens)
+        memory = model_memory(m.get("parameters"), config, dtype, request_tokens,
+                              quantized_weights_bytes(path, dtype))
         kv_tokens = latency.get("kv_cache_tokens")
         reserved = None
         if kv_tokens and memory["kv_one_request"] is not None:  # per-token size known
             reserved = kv_tokens * kv_bytes_per_token(dict(config or {}), str(dtype))
         rows[name] = {
             "parameters": m.get("parameters"),
+            "quantization": quantization_label(config),
             "disk_bytes": disk_bytes(path),
             "dtype": dtype,
             "weights_bytes": memory["weights"],
@@ -322,9 +377,11 @@ def render_deployment(table: Mapping[str, Mapping[str, Any]], reference: str) ->
     ]
     for name, row in table.items():
         r, ref = row["ratios"], name == reference
-        dtype = f" {row['dtype']}" if row["dtype"] else ""
+        # A quantised model's weights are its scheme's integers, not the served dtype.
+        quantized = row.get("quantization")
+        dtype = f" {quantized or row['dtype']}" if quantized or row["dtype"] else ""
         cells = [
-            name + (" (reference)" if ref else ""),
+            name + (f" [{quantized}]" if quantized else "") + (" (reference)" if ref else ""),
             _with_ratio(_params(row["parameters"]), r["parameters"], ref),
             _with_ratio(_mb(row["disk_bytes"]), r["disk_bytes"], ref),
             _with_ratio(_mb(row["weights_bytes"]) + dtype, r["weights_bytes"], ref),
@@ -349,7 +406,9 @@ def render_deployment(table: Mapping[str, Mapping[str, Any]], reference: str) ->
                        if row["latency_requests"]})
     lines += [
         "",
-        "Weights MB: parameters x bytes per element of the served dtype. Model memory MB: what "
+        "Weights MB: parameters x bytes per element of the served dtype; for a quantised "
+        "model (marked [w8a8], [w4a16]: `cotdistill quantize`) the stored integer weights and "
+        "scales, other tensors at the served dtype. Model memory MB: what "
         f"the model itself needs for one request of {tokens} tokens (longest latency prompt + "
         "max_tokens): weights + that request's KV cache (2 x layers x kv heads x head dim x "
         "dtype bytes per token) + an estimate of its prefill activations; the serving runtime "
