@@ -40,6 +40,7 @@ from cotdistill.records import (
     sha256_text,
     write_manifest,
 )
+from cotdistill.refine import RefineConfig, Refinement, unless_empty
 
 STAMP = "pipeline.json"
 _NAME = r"^[A-Za-z0-9_.\-]+$"
@@ -110,6 +111,11 @@ class PipelineConfig(StrictModel):
     evaluate_bases: bool = Field(
         False, description="Also evaluate each student's starting point when it is not the teacher."
     )
+    refine: RefineConfig | None = Field(
+        None, description="Iterative refinement of one student after its training: validate "
+        "on held-out training problems, sample the failed ones, filter, train on the union "
+        "(cotdistill/refine.py).",
+    )
     fresh: list[str] = Field(
         default_factory=list,
         description="Redo these stages from scratch this time: generate, filter, a student's "
@@ -136,6 +142,7 @@ class Step:
 class Plan:
     steps: list[Step]
     evaluate_dir: Path
+    refinement: Refinement | None = None
 
 
 def _section(
@@ -241,7 +248,14 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
         "generate", source, set(config.engine) - set(config.generate),
     )
     traces = gen_dir / "traces.jsonl"
-    steps = [Step("generate", "generate", gen_dir, generate, [config.problems, *teacher_dep])]
+    steps = []
+    if config.refine is not None:  # validation problems set aside before the teacher sees any
+        from cotdistill.refine import plan_split
+
+        split, generate = plan_split(config, generate, out, source)
+        steps.append(split)
+    steps.append(Step("generate", "generate", gen_dir, generate,
+                      [Path(generate.problems), *teacher_dep]))
 
     _owned(config.filter, ("traces", "out"), "filter")
     filter_dir = out / "filter"
@@ -335,6 +349,14 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
                           [control_sft, *student_dep]))
         models[f"{of}-unfiltered"] = model_dir
 
+    refinement = None
+    if config.refine is not None:
+        from cotdistill.refine import plan_rounds
+
+        refinement = plan_rounds(config, steps, models, generate, filtered, sft, source)
+        steps += refinement.steps
+        models.update(refinement.models)  # every round's student is evaluated with the rest
+
     _owned(config.evaluate, ("problems", "model", "out"), "evaluate")
     eval_dir = out / "evaluate"
     specs = [f"teacher={_teacher_spec(config, source)}"]
@@ -354,7 +376,7 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
     if config.evaluate_bases:
         eval_deps += [s for s in starts.values() if s is not None]
     steps.append(Step("evaluate", "evaluate", eval_dir, evaluate, eval_deps))
-    return Plan(steps, eval_dir)
+    return Plan(steps, eval_dir, refinement)
 
 
 # --- the control student's data: as many traces as were kept, drawn without selection ----------
@@ -464,6 +486,27 @@ class Stages:
     train: Callable[[Any], Any]
     control_data: Callable[[Any], Any]
     evaluate: Callable[[Any], Any]
+
+    # Refinement rounds (cotdistill/refine.py): file stages, and the stage functions above
+    # made to pass over a round with nothing to do.
+    def refine_split(self, config: Any) -> Any:
+        from cotdistill.refine import run_split
+
+        return run_split(config)
+
+    def refine_select(self, config: Any) -> Any:
+        from cotdistill.refine import run_select
+
+        return run_select(config)
+
+    def refine_validate(self, config: Any) -> Any:
+        return unless_empty("evaluate", config, self.evaluate)
+
+    def refine_generate(self, config: Any) -> Any:
+        return unless_empty("generate", config, self.generate)
+
+    def refine_filter(self, config: Any) -> Any:
+        return unless_empty("filter", config, self.filter)
 
 
 def default_stages() -> Stages:
@@ -582,12 +625,15 @@ def run_pipeline(
 def _manifest_line(step: Step) -> str:
     manifest = read_manifest(step.out) or {}
     counts = manifest.get("counts", {})
-    if step.kind == "generate":
+    kind = step.kind.removeprefix("refine_")
+    if manifest.get("summary"):  # a stage that says in one line what it did (refine's)
+        return str(manifest["summary"])
+    if kind == "generate":
         rate = manifest.get("output_tokens_per_s")
         return (f"{counts.get('problems')} problems, {counts.get('samples')} samples, "
                 f"mean {counts.get('mean_tokens')} tokens"
                 + (f", {rate:.0f} output tok/s" if rate else ""))
-    if step.kind == "filter":
+    if kind == "filter":
         return (f"{counts.get('kept')} of {counts.get('traces_in')} traces kept, "
                 f"{counts.get('problems_covered')} of {counts.get('problems')} problems covered")
     if step.kind == "train":
@@ -659,6 +705,8 @@ def pipeline_report(
         lines.append(f"| {step.name} | `{step.out}` | {took} | {_manifest_line(step)} |")
     lines += ["", f"This run: {seconds:.0f} s.", ""]
     lines += chain_lines(the_plan)
+    if the_plan.refinement is not None:
+        lines += the_plan.refinement.report_lines(the_plan.steps[-1].config)
     evaluation = the_plan.evaluate_dir / "report.md"
     if evaluation.exists():
         body = evaluation.read_text().replace("# Evaluation", "## Evaluation", 1)

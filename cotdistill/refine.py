@@ -30,7 +30,6 @@ build the pipeline's steps (cotdistill/pipeline.py).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +88,7 @@ class RefineConfig(StrictModel):
         0, ge=0, description="Also sample this many training problems of each weak category "
         "(validation accuracy below the student's mean); needs generate.category_field.",
     )
-    validate: dict[str, Any] = Field(
+    validation: dict[str, Any] = Field(
         default_factory=dict, description="`cotdistill evaluate` keys for the validation, over "
         "the run's evaluate section (its limit and latency do not apply).",
     )
@@ -110,7 +109,7 @@ class RefineConfig(StrictModel):
 # --- the pure core ------------------------------------------------------------------------------
 
 
-def split_ids(ids: Iterable[str], size: int, seed: int) -> set[str]:
+def split_ids(ids: Iterable[str], size: int, seed: int | str) -> set[str]:
     """The `size` ids with the smallest seeded hash: the same split on every rerun, and one that
     moves only at its margin when problems are added to the file (a shuffle would redraw all)."""
     return set(sorted(ids, key=lambda pid: sha256_text(f"{seed}:{pid}"))[:size])
@@ -159,7 +158,7 @@ def _draw(problems: Sequence[Problem], count: int | None, salt: str) -> list[Pro
     """`count` problems chosen by seeded hash, in their original order; all when count is None."""
     if count is None or count >= len(problems):
         return list(problems)
-    chosen = split_ids((p.id for p in problems), count, salt)  # type: ignore[arg-type]
+    chosen = split_ids((p.id for p in problems), count, salt)
     return [p for p in problems if p.id in chosen]
 
 
@@ -429,9 +428,9 @@ class Refinement:
     models: dict[str, Path] = field(default_factory=dict)
     rounds: list[Round] = field(default_factory=list)
 
-    def report_lines(self, evaluate: EvaluateConfig) -> list[str]:
-        from cotdistill.refine_report import refinement_report
+    base_train: Path | None = None  # the refined student's own training folder (round 0)
 
+    def report_lines(self, evaluate: EvaluateConfig) -> list[str]:
         return refinement_report(self, evaluate)
 
 
@@ -461,7 +460,7 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
     name = refine.student or names[0]
     if name not in names:
         raise InputError(f"no student named {name!r}", file=source, field="refine.student")
-    for section, owned in (("validate", ("problems", "model", "out", "reference")),
+    for section, owned in (("validation", ("problems", "model", "out", "reference")),
                            ("generate", ("problems", "out", "teacher", "n")),
                            ("filter", ("traces", "out")), ("train", ("data", "student", "out"))):
         _owned(getattr(refine, section), owned, f"refine.{section}")
@@ -471,6 +470,8 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
                          file=source, field="refine.weak_category_problems")
     by_out = {s.out: s for s in steps}
     train_step = next(s for s in steps if s.name == f"{name}: train")
+    generate_step = next(s for s in steps if s.name == "generate")
+    teacher_dep = [d for d in generate_step.depends_on if d != Path(generate.problems)]
     evaluate = _section(
         EvaluateConfig, {"prompt_template": generate.prompt_template,
                          "fallback_last_number": filtered.fallback_last_number,
@@ -480,7 +481,7 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
     topk = list(base.topk_from) if base.kd == "offline-topk" and "topk_from" not in refine.train \
         else None
 
-    plan = Refinement(name, refine)
+    plan = Refinement(name, refine, base_train=train_step.out)
     split = Path(generate.out).parent / "refine" / "split"  # type: ignore[arg-type]
     validation, data = split / "validation.jsonl", [sft]
     model, label, trained_by = models[name], name, by_out[models[name]].config
@@ -491,10 +492,10 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
             raise InputError(f"a model is already named {label!r}", file=source,
                              field="refine.student")
         start = _continue_from(model, trained_by, source)
-        check = _derive(evaluate, refine.validate, {
+        check = _derive(evaluate, refine.validation, {
             **normalized_fields(categories), "problems": validation, "model": [
                 f"{previous}={model}"], "reference": previous, "limit": None,
-            "latency_prompts": 0, "out": folder / "validate"}, "refine.validate", source)
+            "latency_prompts": 0, "out": folder / "validate"}, "refine.validation", source)
         select = SelectConfig(
             validation=validation, results=folder / "validate" / "results.jsonl",
             model=previous, pool=split / "train.jsonl", training_data=list(data),
@@ -522,8 +523,7 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
             Step(f"{label}: select", "refine_select", select.out, select,
                  [validation, select.results, select.pool, *select.training_data]),
             Step(f"{label}: generate", "refine_generate", new.out, new,
-                 [Path(new.problems), *[d for d in steps[0].depends_on  # the teacher's folder
-                                        if d != steps[0].config.problems]]),
+                 [Path(new.problems), *teacher_dep]),
             Step(f"{label}: filter", "refine_filter", kept.out, kept,
                  [*kept.traces, *kept.decontaminate]),
             Step(f"{label}: train", "train", trained_by.out, trained_by,
@@ -535,17 +535,114 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
     return plan
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; nothing when it does not exist (a stage not run yet)."""
-    return [row for _, row in _rows(path)] if Path(path).is_file() else []
+# --- the report: what each round did to the student on the evaluation set ------------------
 
 
-def manifest_counts(folder: Path) -> dict[str, Any]:
-    return (read_manifest(folder) or {}).get("counts", {})
+def _interval(value: float | None, low: float | None, high: float | None,
+              signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    sign = "+" if signed else ""
+    if low is None or high is None:
+        return f"{value:{sign}.3f}"
+    return f"{value:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def _categories(rows: Sequence[Mapping[str, Any]], reference: str) -> dict[str, str]:
+    """problem_id -> category as the evaluation grouped them: the problems' labels, else the
+    reference model's answer-length quartiles (cotdistill/evaluation/categories.py)."""
+    from types import SimpleNamespace
+
+    from cotdistill.evaluation.categories import labelled_categories, length_quartiles
+
+    samples = [SimpleNamespace(**row) for row in rows]
+    labelled = labelled_categories(samples)  # type: ignore[arg-type]
+    if labelled is not None:
+        return labelled
+    return length_quartiles([s for s in samples if s.model == reference])[0]  # type: ignore[misc]
+
+
+def refinement_report(plan: Refinement, evaluate: EvaluateConfig) -> list[str]:
+    """Accuracy on the evaluation set per round with its paired change against round 0, the
+    per-category change, and what each round validated, sampled and kept."""
+    from cotdistill.metrics import bootstrap_difference, bootstrap_mean
+
+    results = Path(str(evaluate.out)) / "results.jsonl"
+    rows = [row for _, row in _rows(results)] if results.is_file() else []
+    names = [plan.student, *plan.models]
+    scores = {name: problem_scores(rows, name) for name in names}
+    base = scores[plan.student]
+    stats = {"resamples": evaluate.bootstrap_resamples, "seed": evaluate.bootstrap_seed,
+             "confidence": evaluate.confidence}
+    config = plan.config
+    lines = [
+        "## Refinement", "",
+        f"`{plan.student}` refined for {config.rounds} round(s). Validation: training problems "
+        "held out from the start (never the evaluation set); a validation problem with fewer "
+        f"than {config.fail_below:.0%} of its samples correct is failed, the teacher samples "
+        f"{config.samples} traces for it, and it leaves the validation set (it is training data "
+        "from then on), so each round is validated on problems its student never trained on. "
+        "Each round continues training on everything kept so far. Accuracy is on the evaluation "
+        f"set; the change is against round 0 with a {evaluate.confidence:.0%} paired bootstrap "
+        "interval over problems.", "",
+        "| round | model | validated on | failed | sampled | new traces kept | training "
+        "examples | evaluation accuracy | change vs round 0 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for index, name in enumerate(names):
+        folder = plan.rounds[index - 1].folder if index else None
+        select = manifest_counts(folder / "select") if folder else {}
+        train = manifest_counts(folder / "train" if folder else plan.base_train)
+        kept = manifest_counts(folder / "filter").get("kept") if folder else None
+        sampled = select.get("chosen")
+        if select.get("extra"):
+            sampled = f"{sampled} + {select['extra']}"
+        mine = scores[name]
+        accuracy = bootstrap_mean(list(mine.values()), **stats) if mine else None
+        change = None
+        if index and mine and mine.keys() == base.keys():
+            ids = list(base)
+            change = bootstrap_difference([mine[i] for i in ids], [base[i] for i in ids], **stats)
+        cells = [str(index), name, *(("-" if v is None else str(v)) for v in (
+            select.get("validation"), select.get("failed"), sampled, kept,
+            train.get("train_examples"))),
+            "not evaluated yet" if accuracy is None else _interval(
+                accuracy.value, accuracy.low, accuracy.high),
+            "-" if change is None else _interval(change.value, change.low, change.high, True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if rows and base:
+        lines += _category_change(rows, names, scores, evaluate, stats)
+    return lines
+
+
+def _category_change(rows: Sequence[Mapping[str, Any]], names: list[str],
+                     scores: Mapping[str, Mapping[str, float]], evaluate: EvaluateConfig,
+                     stats: Mapping[str, Any]) -> list[str]:
+    from cotdistill.metrics import bootstrap_difference
+
+    groups: dict[str, list[str]] = {}
+    for pid, category in _categories(rows, evaluate.reference).items():
+        groups.setdefault(category, []).append(pid)
+    first, last = names[0], names[-1]
+    lines = [
+        "Per category (as the evaluation below groups its problems): accuracy at each round, "
+        f"and the change from round 0 to the last round with a {evaluate.confidence:.0%} paired "
+        "bootstrap interval over the category's problems.", "",
+        "| category | problems | " + " | ".join(names) + " | change |",
+        "|---|---:|" + "---:|" * (len(names) + 1),
+    ]
+    for category in sorted(groups):
+        ids = [i for i in groups[category] if all(i in scores[n] for n in names)]
+        if not ids:
+            continue
+        means = [sum(scores[n][i] for i in ids) / len(ids) for n in names]
+        change = bootstrap_difference([scores[last][i] for i in ids],
+                                      [scores[first][i] for i in ids], **stats)
+        lines.append(f"| {category} | {len(ids)} | " + " | ".join(f"{m:.3f}" for m in means)
+                     + f" | {_interval(change.value, change.low, change.high, True)} |")
+    return [*lines, ""]
+
+
+def manifest_counts(folder: Path | None) -> dict[str, Any]:
+    return (read_manifest(folder) or {}).get("counts", {}) if folder is not None else {}

@@ -406,3 +406,25 @@ def test_teacher_weights_is_a_real_flag_and_help_lists_yaml_only_keys(
         parser.parse_args(["run", "--help"])
     assert "YAML file only (no flag): engine, generate, filter, students, evaluate" in " ".join(
         capsys.readouterr().out.split())
+
+
+@pytest.mark.train
+def test_compile_runs_compiled_decoder_layers_with_the_same_losses(
+        tiny_model: Path, sft_file: Path, tmp_path: Path) -> None:
+    import torch
+
+    from cotdistill.train import run_train
+
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        run_train(fast(sft_file, tiny_model, out, compile=compiled, max_steps=3,
+                       logging_steps=1))
+        losses[compiled] = [e["loss"] for e in log_lines(out) if "loss" in e]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == compiled  # the compiled run really ran compiled graphs
+        # Regional compilation keeps parameter names: the saved folder is a plain model.
+        assert not any(k.startswith("_orig_mod") for k in _weights(out))
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -1,0 +1,308 @@
+"""Iterative refinement (`refine:` in `cotdistill run`): the validation split is held out, a round
+samples exactly the failed validation problems and never an evaluation problem, the rounds are
+planned as stages with their own folders, a rerun does no work, and the report has each round.
+
+The stages are fakes that read and write what the real ones do: a model "knows" the training
+problems whose traces it was trained on, so which validation problems fail is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cotdistill.errors import InputError
+from cotdistill.pipeline import PipelineConfig, Stages, plan, run_control_data, run_pipeline
+from cotdistill.records import Problem, write_manifest
+from cotdistill.refine import check_held_out, select_round, split_ids
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def easy(pid: str) -> bool:
+    """Training problems every model solves without having seen them."""
+    return int(pid[1:]) % 3 == 0
+
+
+def answers(pid: str, trained_on: set[str] | None) -> bool:
+    """The fake models' answers: the teacher (None) is always right; a student is right on a
+    training problem it trained on or that is easy, and on evaluation problem e<i> when it
+    trained on more than 4 * i problems (more data, more right)."""
+    if trained_on is None:
+        return True
+    if pid.startswith("e"):
+        return int(pid[1:]) < len(trained_on) // 4
+    return pid in trained_on or easy(pid)
+
+
+class FakeStages:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def stages(self) -> Stages:
+        return Stages(self.generate, self.filter, self.student_init, self.train,
+                      run_control_data, self.evaluate)
+
+    def _done(self, stage: str, config: Any, counts: dict[str, Any] | None = None) -> None:
+        self.calls.append((stage, str(config.out)))
+        write_manifest(config.out, stage=stage, config=config, inputs={}, counts=counts or {},
+                       started=time.time())
+
+    def generate(self, config: Any) -> None:
+        from cotdistill.generate import problem_fields, select_problems
+        from cotdistill.problems import load_problems
+
+        problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
+        write_rows(config.out / "traces.jsonl", [
+            {"problem_id": p.id, "sample_index": j, "question": p.question,
+             "completion": f"{p.id}-{j}", "messages": [{"role": "user", "content": p.question}]}
+            for p in problems for j in range(config.n)])
+        self._done("generate", config)
+
+    def filter(self, config: Any) -> None:
+        traces = [row for path in config.traces for row in read_rows(path)]
+        kept = [t for t in traces if t["sample_index"] == 0]
+        write_rows(config.out / "kept.jsonl", kept)
+        write_rows(config.out / "rejected.jsonl", [t for t in traces if t["sample_index"]])
+        write_rows(config.out / "sft.jsonl", [
+            {"messages": [*t["messages"], {"role": "assistant", "content": t["completion"]}],
+             "problem_id": t["problem_id"]} for t in kept])
+        self._done("filter", config, {"kept": len(kept), "traces_in": len(traces)})
+
+    def student_init(self, config: Any) -> None:
+        raise AssertionError("no student is cut here")
+
+    def train(self, config: Any) -> None:
+        rows = [row for path in config.data for row in read_rows(path)]
+        config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / "model.json").write_text(json.dumps({
+            "trained_on": sorted({r["problem_id"] for r in rows}), "start": config.student}))
+        self._done("train", config, {"train_examples": len(rows)})
+
+    def evaluate(self, config: Any) -> None:
+        from cotdistill.evaluate import load_eval_problems, parse_model_specs
+
+        problems = load_eval_problems(config)
+        rows = []
+        for name, spec in parse_model_specs(config.model).items():
+            model = Path(spec) / "model.json"
+            known = set(json.loads(model.read_text())["trained_on"]) if model.exists() else None
+            rows += [{"model": name, "problem_id": p.id, "sample_index": 0,
+                      "correct": answers(p.id, known), "category": p.category,
+                      "num_tokens": 10} for p in problems]
+        write_rows(config.out / "results.jsonl", rows)
+        (config.out / "report.md").write_text("# Evaluation\n")
+        self._done("evaluate", config)
+
+
+def refine_config(tmp_path: Path, **refine: Any) -> PipelineConfig:
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    write_rows(train, [{"id": f"p{i:02d}", "question": f"train question {i}", "answer": str(i),
+                        "category": "even" if i % 2 == 0 else "odd"} for i in range(40)])
+    write_rows(test, [{"id": f"e{i}", "question": f"held out {i}", "answer": str(i),
+                       "category": "even" if i % 2 == 0 else "odd"} for i in range(10)])
+    return PipelineConfig.model_validate({
+        "out": tmp_path / "run", "teacher": "fake-teacher",
+        "problems": train, "eval_problems": test,
+        "generate": {"prompt_template": "plain", "n": 2, "temperature": 0.7,
+                     "category_field": "category"},
+        "students": [{"name": "self", "train": {"epochs": 2}}],
+        "evaluate": {"temperature": 0.0, "category_field": "category",
+                     "bootstrap_resamples": 50},
+        "refine": {"rounds": 2, "validation_fraction": 0.25, "samples": 4, **refine},
+    })
+
+
+# --- the pure core -------------------------------------------------------------------------
+
+
+def problem(pid: str, category: str | None = None) -> Problem:
+    return Problem(id=pid, question=f"q {pid}", gold_answer="1", category=category)
+
+
+def test_select_round_takes_exactly_the_failed_problems() -> None:
+    validation = [problem("v1", "x"), problem("v2", "x"), problem("v3", "y"),
+                  problem("v4", "y"), problem("v5", "y")]
+    scores = {"v1": 1.0, "v2": 0.25, "v3": 0.0, "v4": 0.5, "v5": 1.0, "other": 0.0}
+    pool = [problem(f"t{i}", "y" if i % 2 else "x") for i in range(10)]
+    chosen = select_round(validation, scores, pool, fail_below=0.5, weak_category_problems=2,
+                          seed=3, round_index=1)
+    # v4 has half its samples right: not below 0.5. A score for a problem outside the
+    # validation set ("other") is never selected.
+    assert chosen.failed == ["v2", "v3"]
+    assert [p.id for p in chosen.chosen] == ["v2", "v3"]
+    assert [p.id for p in chosen.remaining] == ["v1", "v4", "v5"]
+    # x: 0.625, y: 0.5, mean 0.55 -> y is weak; two training problems of y are drawn.
+    assert chosen.weak == {"y": 0.5}
+    assert len(chosen.extra) == 2 and {p.category for p in chosen.extra} == {"y"}
+    assert {p.id for p in chosen.extra} <= {p.id for p in pool}
+
+    capped = select_round(validation, scores, pool, max_problems=1, seed=3)
+    assert len(capped.chosen) == 1 and capped.chosen[0].id in {"v2", "v3"}
+    assert [p.id for p in capped.remaining] == [p.id for p in validation
+                                                if p.id != capped.chosen[0].id]
+    with pytest.raises(InputError, match="no validation result"):
+        select_round(validation, {"v1": 1.0}, pool)
+
+
+def test_split_is_seeded_and_stable() -> None:
+    ids = [f"p{i}" for i in range(100)]
+    held = split_ids(ids, 10, seed=0)
+    assert len(held) == 10 and held == split_ids(reversed(ids), 10, seed=0)
+    assert held != split_ids(ids, 10, seed=1)
+    # Adding problems moves the split only at its margin.
+    assert len(held & split_ids([*ids, *(f"n{i}" for i in range(10))], 10, seed=0)) >= 8
+
+
+def test_a_validation_problem_in_the_training_data_is_refused(tmp_path: Path) -> None:
+    sft = tmp_path / "sft.jsonl"
+    write_rows(sft, [{"messages": [], "problem_id": "a"}, {"messages": [], "problem_id": "v1"}])
+    check_held_out([problem("v2")], [sft])
+    with pytest.raises(InputError) as info:
+        check_held_out([problem("v1")], [sft])
+    assert (info.value.file, info.value.line, info.value.field) == (str(sft), 2, "problem_id")
+
+
+# --- the pipeline --------------------------------------------------------------------------
+
+
+def test_plan_has_the_rounds_stages_and_folders(tmp_path: Path) -> None:
+    the_plan = plan(refine_config(tmp_path))
+    run, steps = tmp_path / "run", {s.name: s for s in plan(refine_config(tmp_path)).steps}
+    per_round = ["validate", "select", "generate", "filter", "train"]
+    assert list(steps) == [
+        "refine: split", "generate", "filter", "self: train",
+        *[f"self-round-{r}: {s}" for r in (1, 2) for s in per_round], "evaluate"]
+    for r in (1, 2):
+        for stage in per_round:
+            assert steps[f"self-round-{r}: {stage}"].out == run / "refine" / f"round-{r}" / stage
+    # The teacher never samples the validation problems for the first training.
+    assert steps["generate"].config.problems == run / "refine" / "split" / "train.jsonl"
+    assert steps["self-round-1: validate"].config.problems == (
+        run / "refine" / "split" / "validation.jsonl")
+    assert steps["self-round-2: validate"].config.problems == (
+        run / "refine" / "round-1" / "select" / "validation.jsonl")
+    assert steps["self-round-2: validate"].config.model == [
+        f"self-round-1={run / 'refine' / 'round-1' / 'train'}"]
+    generate = steps["self-round-2: generate"].config
+    assert (generate.n, generate.problems, generate.seed) == (
+        4, run / "refine" / "round-2" / "select" / "problems.jsonl", 2)
+    train = steps["self-round-2: train"].config
+    assert train.student == str(run / "refine" / "round-1" / "train") and train.epochs == 2
+    assert train.data == [run / "filter" / "sft.jsonl",
+                          run / "refine" / "round-1" / "filter" / "sft.jsonl",
+                          run / "refine" / "round-2" / "filter" / "sft.jsonl"]
+    # Each round's student is evaluated with the others, on the evaluation set.
+    assert steps["evaluate"].config.model[-2:] == [
+        f"self-round-1={run / 'refine' / 'round-1' / 'train'}",
+        f"self-round-2={run / 'refine' / 'round-2' / 'train'}"]
+    assert the_plan.refinement is not None and list(the_plan.refinement.models) == [
+        "self-round-1", "self-round-2"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"validation_size": 5}, "refine.validation_size"),  # with validation_fraction
+    ({"student": "nobody"}, "refine.student"),
+    ({"train": {"data": ["x.jsonl"]}}, "refine.train.data"),
+    ({"train": {"epochz": 1}}, "refine.train.epochz"),
+])
+def test_plan_rejects_bad_refine_keys(tmp_path: Path, change: dict[str, Any],
+                                      field: str) -> None:
+    with pytest.raises(InputError) as info:
+        plan(refine_config(tmp_path, **change))
+    assert info.value.field == field
+
+
+def test_weak_categories_need_categories(tmp_path: Path) -> None:
+    config = refine_config(tmp_path, weak_category_problems=2)
+    config.generate.pop("category_field")
+    with pytest.raises(InputError) as info:
+        plan(config)
+    assert info.value.field == "refine.weak_category_problems"
+
+
+def test_run_samples_exactly_the_failed_validation_problems(tmp_path: Path) -> None:
+    config = refine_config(tmp_path, weak_category_problems=1)
+    fake = FakeStages()
+    run_pipeline(config, fake.stages())
+    run, refine = tmp_path / "run", tmp_path / "run" / "refine"
+    validation = [r["id"] for r in read_rows(refine / "split" / "validation.jsonl")]
+    training = [r["id"] for r in read_rows(refine / "split" / "train.jsonl")]
+    evaluation = {r["id"] for r in read_rows(config.eval_problems)}  # type: ignore[arg-type]
+    assert len(validation) == 10 and not set(validation) & set(training)
+    assert set(validation) | set(training) == {f"p{i:02d}" for i in range(40)}
+    # The first training never saw a validation problem.
+    base = json.loads((run / "students" / "self" / "model" / "model.json").read_text())
+    assert not set(base["trained_on"]) & set(validation)
+
+    picked = read_rows(refine / "round-1" / "select" / "problems.jsonl")
+    failed = [p for p in picked if p["reason"] == "failed_validation"]
+    assert [p["id"] for p in failed] == [v for v in validation if not easy(v)]
+    extra = [p for p in picked if p["reason"] != "failed_validation"]
+    assert extra and {p["id"] for p in extra} <= set(training)
+    assert not {p["id"] for p in picked} & evaluation
+    traces = read_rows(refine / "round-1" / "generate" / "traces.jsonl")
+    assert len(traces) == 4 * len(picked)  # `samples` per problem
+    # Failed problems are training data now; the next round validates on the rest only.
+    assert [r["id"] for r in read_rows(refine / "round-1" / "select" / "validation.jsonl")] == [
+        v for v in validation if easy(v)]
+    round1 = json.loads((refine / "round-1" / "train" / "model.json").read_text())
+    assert round1["start"] == str(run / "students" / "self" / "model")
+    assert set(round1["trained_on"]) == set(base["trained_on"]) | {p["id"] for p in picked}
+    assert not set(round1["trained_on"]) & evaluation
+    # Round 2 finds nothing failed: its generate and filter pass with nothing to do, and its
+    # training continues on the data kept so far.
+    assert read_rows(refine / "round-2" / "select" / "problems.jsonl") == []
+    assert not any(out.startswith(str(refine / "round-2" / "generate"))
+                   for _, out in fake.calls)
+    assert (refine / "round-2" / "filter" / "sft.jsonl").read_text() == ""
+    round2 = json.loads((refine / "round-2" / "train" / "model.json").read_text())
+    assert round2["trained_on"] == round1["trained_on"]
+
+
+def test_second_run_does_no_work_and_the_report_shows_each_round(tmp_path: Path) -> None:
+    config = refine_config(tmp_path)
+    run_pipeline(config, FakeStages().stages())
+    run = tmp_path / "run"
+    before = {str(p): p.read_text() for p in sorted(run.rglob("manifest.json"))}
+
+    again = FakeStages()
+    summary = run_pipeline(config, again.stages())
+    assert again.calls == []
+    assert all(s["reused"] for s in summary["stages"])
+    assert {str(p): p.read_text() for p in sorted(run.rglob("manifest.json"))} == before
+
+    # Evaluation accuracy per round, as the fake models answer (more data, more right).
+    def accuracy(model: Path) -> float:
+        known = set(json.loads((model / "model.json").read_text())["trained_on"])
+        return sum(answers(f"e{i}", known) for i in range(10)) / 10
+
+    expected = [accuracy(run / "students" / "self" / "model"),
+                accuracy(run / "refine" / "round-1" / "train"),
+                accuracy(run / "refine" / "round-2" / "train")]
+    assert expected[1] > expected[0]  # the fakes make round 1 learn something
+    report = (run / "report.md").read_text()
+    assert "## Refinement" in report
+    for index, name in enumerate(["self", "self-round-1", "self-round-2"]):
+        row = re.search(rf"^\| {index} \| {name} \|.*$", report, re.MULTILINE)
+        assert row is not None, name
+        cells = [c.strip() for c in row.group(0).strip("|").split("|")]
+        assert cells[7].startswith(f"{expected[index]:.3f}")
+        if index:
+            assert cells[8].startswith(f"{expected[index] - expected[0]:+.3f}")
+    # The per-category change: one row per category of the evaluation problems.
+    assert re.search(r"^\| even \| 5 \|", report, re.MULTILINE)
+    assert re.search(r"^\| odd \| 5 \|", report, re.MULTILINE)
