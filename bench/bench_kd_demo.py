@@ -1,20 +1,29 @@
-"""The demo's 10-layer cut student: SFT alone against offline top-20 KD, at equal steps.
+"""The demo's 10-layer cut: SFT alone against logit and feature distillation, at equal steps.
 
 Runs `cotdistill run --config bench/kd_demo.yaml` (the demo's embedded SmolLM2-135M teacher,
 150 word problems x 4 samples with `topk_logprobs: 20`, the kept traces, two cut students
 from the same 10-of-30-layer start trained with the same schedule, one with
 `kd: offline-topk`), then has the teacher answer the held-out problems greedily with top-20
 logprobs and measures each student's mean KL(teacher top-20 at T=1 || student) per token on
-those held-out traces, next to held-out accuracy from the run's evaluation. Results:
-bench/results/kd_demo.md and .json.
+those held-out traces, next to held-out accuracy from the run's evaluation.
 
-    .venv/bin/python bench/bench_kd_demo.py [--skip-run]
+`--features bench/kd_features.yaml` then trains the same cut on the same kept traces with the
+same schedule once per loss (SFT, online logit KD, + hidden-state, + attention, all), with
+`cotdistill train` per student and one `cotdistill evaluate` (the run's generate, filter and
+teacher evaluation are reused, not redone), and adds their accuracy, KL at steps 9 and 18 and
+time per step. `--features-only` takes the first part's numbers from the last
+bench/results/kd_demo.json instead of measuring them again. Results: bench/results/kd_demo.md
+and .json.
+
+    .venv/bin/python bench/bench_kd_demo.py [--skip-run] [--features bench/kd_features.yaml
+        [--features-only]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,14 +87,132 @@ def accuracy() -> dict:
     return {name: model["accuracy"] for name, model in summary["models"].items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-run", action="store_true", help="Reuse runs/kd_demo.")
-    args = parser.parse_args()
-    if not args.skip_run:
+def intervals() -> dict:
+    """Each model's 95% bootstrap interval over problems, from the run's evaluation."""
+    summary = json.loads((OUT / "evaluate" / "summary.json").read_text())
+    return {name: model["accuracy_ci"] for name, model in summary["models"].items()}
+
+
+# --- --features: the same cut, same data and schedule, one loss per student ------------------
+
+
+def load_note() -> str:
+    """The 1-minute load average: the machine's 2 cores are shared, so times say under what."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def train_student(spec: dict, name: str, keys: dict) -> Path:
+    """`cotdistill train` for one student (skipped when its manifest exists: train writes it
+    last), from a config file kept beside the model so the run can be repeated."""
+    folder = ROOT / spec["out"] / name
+    model = folder / "model"
+    if (model / "manifest.json").exists():
+        return model
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**spec["train"], **keys, "data": [spec["data"]], "student": spec["start"],
+              "out": str(model.relative_to(ROOT))}
+    (folder / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = load_note()
+    subprocess.run([sys.executable, "-m", "cotdistill", "train", "--config",
+                    str(folder / "train.yaml")], cwd=ROOT, check=True)
+    (folder / "load.json").write_text(json.dumps({"before": before, "after": load_note()}))
+    return model
+
+
+def step_times(model: Path) -> dict:
+    """Seconds per optimizer step: the whole run's mean (train runtime / steps, compilation and
+    checkpoints included) and the median of step-to-step times from step 3 on (after the
+    regional compile's graphs are built; needs logging_steps 1)."""
+    import statistics
+
+    manifest = json.loads((model / "manifest.json").read_text())
+    steps = manifest["counts"]["steps"]
+    log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
+    times = {e["step"]: e["time"] for e in log if "loss" in e and "time" in e}
+    gaps = [times[s] - times[s - 1] for s in sorted(times) if s >= 3 and s - 1 in times]
+    return {"steps": steps, "mean_s": round(manifest["train_runtime_s"] / steps, 2),
+            "steady_s": round(statistics.median(gaps), 2) if gaps else None,
+            "tokens_per_s": manifest.get("tokens_per_s")}
+
+
+def evaluate_students(spec: dict, models: dict[str, Path]) -> dict:
+    """One `cotdistill evaluate` over the students (kd_demo.yaml's settings, teacher left out:
+    the run scored it on the same problems); reused while its manifest lists the same models."""
+    import yaml
+
+    out = ROOT / spec["out"] / "evaluate"
+    wanted = [f"{name}={path.relative_to(ROOT)}" for name, path in models.items()]
+    manifest = out / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text())["config"]["model"] != wanted:
+        out.mkdir(parents=True, exist_ok=True)
+        config = {**spec["evaluate"], "model": wanted, "out": str(out.relative_to(ROOT))}
+        (out.parent / "evaluate.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        subprocess.run([sys.executable, "-m", "cotdistill", "evaluate", "--config",
+                        str(out.parent / "evaluate.yaml")], cwd=ROOT, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    return {name: {"accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
+                   "problems": m["problems"], "truncated_share": m["truncated_share"]}
+            for name, m in summary["models"].items()}
+
+
+def features(spec_path: Path, traces: Path) -> dict:
+    """Train every student of the spec, evaluate them, and measure KL at steps 9 and 18."""
+    import yaml
+
+    spec = yaml.safe_load(spec_path.read_text())
+    result: dict = {"spec": str(spec_path.relative_to(ROOT)), "students": {}}
+    models = {}
+    for name, keys in spec["students"].items():
+        models[name] = train_student(spec, name, keys)
+    for name, model in models.items():
+        manifest = json.loads((model / "manifest.json").read_text())
+        load = json.loads((model.parent / "load.json").read_text()) \
+            if (model.parent / "load.json").exists() else None
+        kl = {}
+        for checkpoint in sorted((model / "checkpoints").glob("checkpoint-*"),
+                                 key=lambda p: int(p.name.split("-")[1])):
+            kl[int(checkpoint.name.split("-")[1])] = cached_kl(checkpoint, traces)["mean_kl"]
+        result["students"][name] = {
+            "train": spec["students"][name], "time": step_times(model), "load": load,
+            "train_loss": manifest.get("train_loss"), "kl_by_step": kl,
+            "kl": cached_kl(model, traces),
+            "feature_terms": (manifest.get("kd") or {}).get("feature_terms"),
+            "last_terms": last_terms(model),
+        }
+    result["evaluate"] = evaluate_students(spec, models)
+    return result
+
+
+def last_terms(model: Path) -> dict:
+    """The loss terms at the first and last step (train_log.jsonl, unweighted)."""
+    log = [json.loads(line) for line in (model / "train_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    keys = [k for k in steps[0] if k in ("loss", "distill_kl", "distill_ce", "hidden_mse",
+                                         "hidden_cosine", "attention_kl")]
+    return {"first": {k: round(steps[0][k], 4) for k in keys},
+            "last": {k: round(steps[-1][k], 4) for k in keys if k in steps[-1]}}
+
+
+def cached_kl(model_dir: Path, traces: Path) -> dict:
+    """mean_kl, remembered per weights file (size and mtime) so a rerun of the report is cheap."""
+    cache_file = ROOT / "runs" / "kd_features" / "kl_cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    weights = model_dir / "model.safetensors"
+    key = f"{model_dir.relative_to(ROOT)}:{weights.stat().st_size}:{weights.stat().st_mtime}"
+    if key not in cache:
+        cache[key] = mean_kl(model_dir, traces)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+def demo(skip_run: bool, traces: Path) -> dict:
+    """The run's two students (SFT, offline top-k KD) and their start: KL and accuracy."""
+    if not skip_run:
         subprocess.run([sys.executable, "-m", "cotdistill", "run", "--config",
                         "bench/kd_demo.yaml"], cwd=ROOT, check=True)
-    traces = heldout_traces()
     # Both students start from the same cut (same layers of the same teacher).
     result: dict = {"kl": {"cut (start)": mean_kl(OUT / "students" / STUDENTS[0] / "init",
                                                   traces)}, "train": {}}
@@ -96,11 +223,13 @@ def main() -> None:
         result["train"][name] = {k: manifest.get(k) for k in ("train_loss", "kd")}
         result["train"][name]["steps"] = manifest["counts"]["steps"]
     result["evaluate"] = accuracy()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "kd_demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def demo_lines(result: dict) -> list[str]:
     acc, kl, kd = result["evaluate"], result["kl"], result["train"]["cut-topk"]["kd"]
-    lines = [
-        "# Cut student: SFT alone vs offline top-20 KD (bench/bench_kd_demo.py)", "",
+    return [
+        "# Cut student: SFT alone vs logit and feature distillation (bench/bench_kd_demo.py)", "",
         "Teacher: the embedded SmolLM2-135M-Instruct; students: its 10-of-30-layer cut, both "
         f"trained {result['train']['cut-sft']['steps']} steps on the same kept traces "
         "(bench/kd_demo.yaml); KL = mean per-token KL(teacher's top-20 at T=1 || student) on "
@@ -116,6 +245,82 @@ def main() -> None:
         f"whole, {kd['token_mismatch']} differing partway ({kd['kd_tokens_lost_to_mismatch']} "
         f"teacher rows unused), {kd['kd_tokens']} tokens with teacher rows.", "",
     ]
+
+
+LOSSES = {"sft": "SFT (CE)", "online-kd": "+ logit KD (online teacher, alpha 0.5, T 1)",
+          "hidden": "+ hidden-state MSE (weight 0.01, uniform map, no logit KD)",
+          "attention": "+ attention KL (weight 0.25, no logit KD)",
+          "all": "logit KD + hidden + attention"}
+
+
+def features_lines(result: dict) -> list[str]:
+    feats, demo_acc = result["features"], result["evaluate"]
+    ci = result.get("intervals", {})
+    start = result["kl"]["cut (start)"]["mean_kl"]
+    lines = [
+        "## Feature distillation, same cut, data and schedule (bench/kd_features.yaml)", "",
+        "Each student: the same 10-layer cut (runs/kd_demo/students/cut-sft/init), the same 69 "
+        "kept traces, 2 epochs of batch 8 (18 steps), lr 1e-4, seed 0, fp32 with regional "
+        "`torch.compile` (`compile: true`); only the loss differs. Accuracy: greedy, the same "
+        "100 held-out problems as above, 95% bootstrap interval. KL as above, at the step-9 "
+        "checkpoint and the final model (start: "
+        f"{start}). s/step: median step-to-step time from step 3 on (steady: after "
+        "compilation) and the whole run's mean (compilation and checkpoints included).", "",
+        "| student | loss | accuracy [95% CI] | KL step 9 | KL step 18 | s/step steady | "
+        "s/step mean | load (1-min avg) before / after |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+        f"| teacher | | {demo_acc.get('teacher')} {ci.get('teacher', '')} | 0 | 0 | | | |",
+    ]
+    for name in STUDENTS:
+        t = result["train"][name]
+        mean = round(t["train_runtime_s"] / t["steps"], 2) if t.get("train_runtime_s") else ""
+        what = "SFT (CE), not compiled" if name == "cut-sft" else \
+            "offline top-20 KD (alpha 0.5, T 1), not compiled"
+        lines.append(f"| {name} (runs/kd_demo) | {what} | {demo_acc.get(name)} "
+                     f"{ci.get(name, '')} | | {result['kl'][name]['mean_kl']} | | {mean} | |")
+    for name, s in feats["students"].items():
+        ev = feats["evaluate"].get(name, {})
+        load = s["load"] or {}
+        lines.append(
+            f"| {name} | {LOSSES.get(name, s['train'])} | {ev.get('accuracy')} "
+            f"{ev.get('accuracy_ci', '')} | {s['kl_by_step'].get('9', s['kl_by_step'].get(9))} "
+            f"| {s['kl']['mean_kl']} | {s['time']['steady_s']} | {s['time']['mean_s']} | "
+            f"{load.get('before', '')} / {load.get('after', '')} |")
+    lines += ["", "Loss terms at the first and last step (train_log.jsonl, unweighted):", "",
+              "| student | first | last |", "|---|---|---|"]
+    for name, s in feats["students"].items():
+        lines.append(f"| {name} | {s['last_terms']['first']} | {s['last_terms']['last']} |")
+    return lines + [""]
+
+
+def main() -> None:
+    import time
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-run", action="store_true", help="Reuse runs/kd_demo.")
+    parser.add_argument("--features", type=Path, help="Also train and compare the students of "
+                        "this spec (bench/kd_features.yaml).")
+    parser.add_argument("--features-only", action="store_true", help="Take the run's numbers "
+                        "from the last bench/results/kd_demo.json instead of measuring again.")
+    args = parser.parse_args()
+    traces = heldout_traces()
+    if args.features_only:
+        result = json.loads((RESULTS / "kd_demo.json").read_text())
+    else:
+        result = demo(args.skip_run, traces)
+    result["intervals"] = intervals()
+    for name in STUDENTS:
+        manifest = json.loads((OUT / "students" / name / "model" / "manifest.json").read_text())
+        result["train"][name]["train_runtime_s"] = manifest.get("train_runtime_s")
+    lines = demo_lines(result)
+    if args.features:
+        result["features"] = features(args.features.resolve(), traces)
+        result["features"]["date"] = time.strftime("%Y-%m-%d")
+        result["features"]["command"] = ("python bench/bench_kd_demo.py --skip-run --features "
+                                         f"{args.features}")
+        lines += features_lines(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "kd_demo.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "kd_demo.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -125,6 +125,15 @@ def _to_root(library: str) -> Callable[[ModuleType], None]:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
+        # Weight-loading, shard-writing and dataset-mapping bars: one per model and file,
+        # dozens per run. The stage's own bars (generate, train steps, evaluate) stay.
+        quiet_bars = getattr(module, "disable_progress_bar", None)
+        if callable(quiet_bars):
+            quiet_bars()
+        if library == "datasets":
+            from datasets.utils.tqdm import disable_progress_bars
+
+            disable_progress_bars()
 
     return route
 
@@ -139,6 +148,16 @@ def _route_libraries() -> list[_AfterImport]:
             sys.meta_path.insert(0, hook)
             hooks.append(hook)
     return hooks
+
+
+def _restore_bars() -> None:
+    """Turn back on the library bars a quiet block turned off (for what runs after it)."""
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.enable_progress_bar()
+    datasets_tqdm = sys.modules.get("datasets.utils.tqdm")
+    if datasets_tqdm is not None:
+        datasets_tqdm.enable_progress_bars()
 
 
 def _reopen(fd: int, like: Any) -> io.TextIOWrapper:
@@ -189,6 +208,8 @@ def capture_logs(log_file: Path, terminal: str | None) -> Iterator[Path]:
         os.close(target)
         sys.stdout = _reopen(os.dup(saved[0]), saved[2])
         sys.stderr = _reopen(os.dup(saved[1]), saved[3])
+    was_quiet = _QUIET[0]
+    _QUIET[0] = terminal is None
     try:
         yield log_file
     except InputError:
@@ -197,6 +218,9 @@ def capture_logs(log_file: Path, terminal: str | None) -> Iterator[Path]:
         print(f"(engine and library logs: {log_file})", file=sys.stderr, flush=True)
         raise
     finally:
+        _QUIET[0] = was_quiet
+        if terminal is None:
+            _restore_bars()
         if saved is not None:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
@@ -215,6 +239,14 @@ def capture_logs(log_file: Path, terminal: str | None) -> Iterator[Path]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def is_quiet() -> bool:
+    """Whether a quiet `capture_logs` block is running (library output goes to its file)."""
+    return _QUIET[0]
+
+
+_QUIET = [False]
 
 
 def log_file_for(out: Path | None, command: str) -> Path:

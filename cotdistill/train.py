@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
 from cotdistill.locking import locks_output
+from cotdistill.logs import is_quiet
 from cotdistill.records import Message, Record, sha256_file, write_manifest
 from cotdistill.traces_in import sft_records
 
@@ -1074,6 +1075,20 @@ def build_trainer(
     )
 
 
+def quiet_progress(trainer: Any) -> None:
+    """Keep the Trainer's step bar but not the metrics dict it prints every `logging_steps`
+    (the same figures are in train_log.jsonl; the quiet terminal has one line per stage)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class StepBar(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kwargs: Any) -> None:
+            return None
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StepBar)
+
+
 def compile_layers(model: Any) -> int:
     """Compile every decoder layer in place (regional compilation); returns how many.
 
@@ -1138,6 +1153,8 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
         trainer = build_trainer(config, prepared, out, [train_log_callback(log_path)])
         if config.compile:
             compile_layers(trainer.model)
+        if is_quiet():
+            quiet_progress(trainer)
         if resume_from is not None and _finished(resume_from):
             metrics = reload_finished(trainer, resume_from, log_path)
         else:

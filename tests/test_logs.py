@@ -100,3 +100,30 @@ def test_levels_from_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
     config = logging_config(Path("x.log"), "debug")
     assert config["handlers"]["terminal"]["level"] == "DEBUG"
     assert config["root"]["level"] == "DEBUG"
+
+
+@pytest.mark.train
+def test_quiet_training_shows_its_step_bar_and_stage_line_only(tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    """Weight-loading, dataset-mapping and shard-writing bars and the Trainer's metrics dicts
+    are library output: quiet, the terminal has the step bar and the stage's summary line."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus 1?"},
+        {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."}]}) + "\n" for i in range(8)))
+    out = tmp_path / "student"
+    args = [sys.executable, "-m", "cotdistill", "train", "--data", str(data), "--student",
+            str(tiny_model), "--out", str(out), "--no-lora", "--max-steps", "2",
+            "--logging-steps", "1", "--batch-size", "4"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "COTDISTILL_LOG": ""})
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    for library_output in ("Loading weights", "Writing model shards", "Building labels",
+                           "'loss':", "train_runtime"):
+        assert library_output not in terminal, library_output
+    assert "2/2" in terminal  # the step bar
+    assert "train: 2 steps" in terminal
+    # The metrics the terminal no longer shows are in the run's own log.
+    assert len([line for line in (out / "train_log.jsonl").read_text().splitlines()
+                if '"loss"' in line]) == 2

@@ -95,6 +95,18 @@ def test_a_quantised_model_is_not_quantised_again(quantized: dict[str, Path],
         run_quantize(QuantizeConfig(model=str(quantized["w8a8"]), out=tmp_path / "again"))
 
 
+def test_force_replaces_a_non_empty_out(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "old-shard").mkdir(parents=True)
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    manifest = run_quantize(QuantizeConfig(model=str(tiny_model), scheme="w4a16",
+                                           group_size=32, out=out, force=True))
+    assert manifest["group_size"] == 32
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [
+        "chat_template.jinja", "config.json", "generation_config.json", "manifest.json",
+        "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
 def test_group_size_defaults_to_the_largest_that_divides() -> None:
     w4 = QuantizeConfig(scheme="w4a16")
     assert choose_group_size(w4, {"a": 256, "b": 1024}) == 128
@@ -137,33 +149,47 @@ def test_quantised_folders_hold_integer_weights_and_a_config_vllm_reads(
             packed = tensors["model.layers.0.mlp.down_proj.weight_packed"]
             assert packed["dtype"] == "I32" and packed["shape"] == [64, 128 // 8]
             assert tensors["model.layers.0.mlp.down_proj.weight_scale"]["shape"] == [64, 2]
-        # Embeddings and the head are left as they were.
+        # Embeddings and the head are not quantised: same shape, float32 -> bfloat16 (--dtype).
+        assert manifest["dtype"] == "bfloat16"
         for name in ("model.embed_tokens.weight", "lm_head.weight"):
-            assert tensors[name] == {**source[name], "data_offsets": tensors[name]["data_offsets"]}
+            assert source[name]["dtype"] == "F32"
+            assert tensors[name]["dtype"] == "BF16"
+            assert tensors[name]["shape"] == source[name]["shape"]
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_round_to_nearest_is_within_half_a_step(
     quantized: dict[str, Path], tiny_model: Path, scheme: str
 ) -> None:
-    """transformers decompresses the checkpoint; every weight is at most half a step (its
-    channel's or group's max |w| / 127 or / 7.5, halved) from the original."""
+    """Read back from the checkpoint (integers x stored bfloat16 scale, in float32), every
+    weight is at most half a step from the float32 original, a step being its channel's or
+    group's scale: max |w| / 127.5 (or / 7.5), rounded up to bfloat16."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
 
-    original = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    loaded = AutoModelForCausalLM.from_pretrained(quantized[scheme]).state_dict()
-    name = "model.layers.1.mlp.gate_proj.weight"
-    w, q = original[name].float(), loaded[name].float()
+    original = load_file(tiny_model / "model.safetensors")
+    stored = load_file(quantized[scheme] / "model.safetensors")
+    layer = "model.layers.1.mlp.gate_proj"
+    w = original[f"{layer}.weight"]
+    assert w.dtype == torch.float32 and stored[f"{layer}.weight_scale"].dtype == torch.bfloat16
+    scale = stored[f"{layer}.weight_scale"].float()
     if scheme == "w8a8":
-        step = w.abs().amax(dim=1, keepdim=True) / 127.5
+        integers = stored[f"{layer}.weight"]
+        assert integers.dtype == torch.int8 and integers.abs().max() > 100  # the range is used
+        step = scale  # one per output channel: [out, 1]
     else:
-        step = (w.unflatten(1, (-1, 64)).abs().amax(dim=-1, keepdim=True) / 7.5).expand(
-            -1, -1, 64).flatten(1)
-    assert not torch.equal(w, q)  # it was quantised
-    assert ((w - q).abs() <= step * 0.5 * 1.01 + 1e-7).all()
-    torch.testing.assert_close(loaded["model.embed_tokens.weight"],
-                               original["model.embed_tokens.weight"])
+        shape = torch.Size(stored[f"{layer}.weight_shape"].tolist())
+        integers = unpack_from_int32(stored[f"{layer}.weight_packed"], 4, shape)
+        assert shape == w.shape and integers.min() >= -8 and integers.max() == 7
+        step = scale.repeat_interleave(64, dim=1)  # one per group of 64 input columns
+    restored = integers.float() * step
+    assert ((w - restored).abs() <= step * (0.5 + 1e-6)).all()
+    # The scale is the channel's or group's largest |w| over the half range, rounded up.
+    largest = w.abs().amax(dim=1, keepdim=True) if scheme == "w8a8" else (
+        w.unflatten(1, (-1, 64)).abs().amax(dim=-1))
+    exact = largest / (127.5 if scheme == "w8a8" else 7.5)
+    assert (scale >= exact).all() and (scale <= exact * (1 + 2**-7)).all()
 
 
 def test_evaluate_counts_and_marks_quantised_folders(
@@ -192,7 +218,7 @@ def test_evaluate_counts_and_marks_quantised_folders(
                if k != "__metadata__" and v["dtype"] == "I8")
     assert w8["weights_bytes"] == int8 + 2 * sum(
         v["shape"][0] * (v["shape"][1] if len(v["shape"]) > 1 else 1)
-        for k, v in tensors.items() if k != "__metadata__" and v["dtype"] == "F32")
+        for k, v in tensors.items() if k != "__metadata__" and v["dtype"] in ("F32", "BF16"))
     text = "\n".join(render_deployment(table, "teacher"))
     assert "| student-w4a16 [w4a16] |" in text and "| student-w8a8 [w8a8] |" in text
     assert "| teacher (reference) |" in text

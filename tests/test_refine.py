@@ -167,6 +167,18 @@ def test_split_is_seeded_and_stable() -> None:
     assert len(held & split_ids([*ids, *(f"n{i}" for i in range(10))], 10, seed=0)) >= 8
 
 
+def test_paired_difference_interval() -> None:
+    from cotdistill.metrics import bootstrap_difference
+
+    # Pairing: the same gain on every problem has no spread, whatever the problems' levels.
+    same = bootstrap_difference([0.5, 1.0, 0.75], [0.25, 0.75, 0.5], resamples=200)
+    assert (same.value, same.low, same.high) == pytest.approx((0.25, 0.25, 0.25))
+    mixed = bootstrap_difference([1, 0, 1, 1], [0, 0, 1, 0], resamples=200)
+    assert mixed.value == 0.5 and mixed.low < 0.5 < mixed.high
+    with pytest.raises(ValueError):
+        bootstrap_difference([1.0], [1.0, 0.0])
+
+
 def test_a_validation_problem_in_the_training_data_is_refused(tmp_path: Path) -> None:
     sft = tmp_path / "sft.jsonl"
     write_rows(sft, [{"messages": [], "problem_id": "a"}, {"messages": [], "problem_id": "v1"}])
@@ -306,3 +318,82 @@ def test_second_run_does_no_work_and_the_report_shows_each_round(tmp_path: Path)
     # The per-category change: one row per category of the evaluation problems.
     assert re.search(r"^\| even \| 5 \|", report, re.MULTILINE)
     assert re.search(r"^\| odd \| 5 \|", report, re.MULTILINE)
+
+
+@pytest.mark.train
+def test_a_round_with_the_real_stages(tmp_path: Path, tiny_teacher: Path) -> None:
+    """Real split, evaluate, select, filter and training (tiny model; generation and answers
+    from the fake backend): the round validates on held-out problems, samples the failed ones
+    and continues training from the student's weights."""
+    from cotdistill.backends.fake import FakeBackend
+    from cotdistill.evaluate import run_evaluate
+    from cotdistill.generate import run_generate
+    from cotdistill.pipeline import default_stages
+
+    def right_when_even(path: str) -> Any:
+        teacher = Path(path) == tiny_teacher
+
+        def answer(question: str, index: int) -> str:
+            total = sum(int(x) for x in re.findall(r"\d+", question))
+            given = total if teacher or total % 2 == 0 else total + 1
+            return f"{total} it is. The answer is \\boxed{{{given}}}."
+        return answer
+
+    data = Path(__file__).resolve().parents[1] / "data" / "word_problems"
+    config = PipelineConfig.model_validate({
+        "out": tmp_path / "run", "teacher": str(tiny_teacher),
+        "problems": data / "train.jsonl", "eval_problems": data / "test.jsonl",
+        "generate": {"prompt_template": "plain", "limit": 6, "n": 2, "max_tokens": 32,
+                     "temperature": 0.7},
+        "students": [{"name": "self", "train": {"max_steps": 2, "batch_size": 2}}],
+        "evaluate": {"limit": 4, "temperature": 0.0, "bootstrap_resamples": 50,
+                     "latency_prompts": 0},
+        "refine": {"rounds": 1, "validation_size": 6, "samples": 2},
+    })
+    real = default_stages()
+    stages = Stages(
+        generate=lambda c: run_generate(c, FakeBackend(responder=lambda q, i: right_when_even(
+            str(tiny_teacher))(q, 0))),
+        filter=real.filter, student_init=real.student_init, train=real.train,
+        control_data=real.control_data,
+        evaluate=lambda c: run_evaluate(c, lambda path: FakeBackend(
+            path, responder=right_when_even(path))))
+    run_pipeline(config, stages)
+    run = tmp_path / "run"
+    validation = read_rows(run / "refine" / "split" / "validation.jsonl")
+    odd = [v["id"] for v in validation if int(v["answer"]) % 2]
+    assert odd, "the split should hold a problem the student fails"
+    picked = read_rows(run / "refine" / "round-1" / "select" / "problems.jsonl")
+    assert [p["id"] for p in picked] == odd
+    manifest = json.loads((run / "refine" / "round-1" / "train" / "manifest.json").read_text())
+    assert manifest["base_model"] == str(run / "students" / "self" / "model")
+    kept = read_rows(run / "filter" / "sft.jsonl")
+    new = read_rows(run / "refine" / "round-1" / "filter" / "sft.jsonl")
+    assert {r["problem_id"] for r in new} == set(odd)  # the filter ran on the new traces
+    assert manifest["counts"]["records"] == len(kept) + len(new)  # trained on the union
+    summary = json.loads((run / "evaluate" / "summary.json").read_text())
+    assert list(summary["models"]) == ["teacher", "self", "self-round-1"]
+    assert "| 1 | self-round-1 |" in (run / "report.md").read_text()
+
+
+def test_a_lora_student_continues_from_its_merged_weights(tmp_path: Path) -> None:
+    config = refine_config(tmp_path, rounds=1)
+    config.students[0].train.update({"lora": True})
+    with pytest.raises(InputError, match="merge: true"):
+        plan(config)
+    config.students[0].train["merge"] = True
+    steps = {s.name: s for s in plan(config).steps}
+    assert steps["self-round-1: train"].config.student == str(
+        tmp_path / "run" / "students" / "self" / "model" / "merged")
+
+
+def test_fresh_round_reruns_that_round_only(tmp_path: Path) -> None:
+    config = refine_config(tmp_path)
+    run_pipeline(config, FakeStages().stages())
+    fake = FakeStages()
+    run_pipeline(config.model_copy(update={"fresh": ["self-round-1"]}), fake.stages())
+    round1 = tmp_path / "run" / "refine" / "round-1"
+    assert fake.calls == [(stage, str(round1 / folder)) for stage, folder in (
+        ("evaluate", "validate"), ("generate", "generate"), ("filter", "filter"),
+        ("train", "train"))]
+    assert len(list(round1.parent.glob("round-1.old-*"))) == 1
