@@ -986,7 +986,23 @@ def run_evaluate(
                 "samples": sum(len(r.samples) for r in runs.values())},
         started=started,
     )
-    print(report)
+    print(terminal_tables(report))
     print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
     return manifest
+
+
+def terminal_tables(report: str, sections: tuple[str, ...] = ("Evaluation", "Deployment")) -> str:
+    """The report's tables of `sections` (the accuracy table and the deployment table) with
+    their headings: what the terminal shows. The rest (notes, calibration, categories,
+    failure examples, plots) stays in report.md."""
+    kept: list[str] = []
+    keep = False
+    for line in report.splitlines():
+        if line.startswith("#"):
+            keep = line.lstrip("#").strip() in sections
+            if keep:
+                kept += ["", line] if kept else [line]
+        elif keep and line.startswith("|"):
+            kept.append(line)
+    return "\n".join(kept)
 

@@ -620,9 +620,12 @@ def run_pipeline(
         record.append({"stage": step.name, "out": str(step.out), "reused": False,
                        "seconds": round(time.time() - tick, 1)})
 
+    from cotdistill.evaluate import terminal_tables
+
     report = pipeline_report(config, the_plan, record, time.time() - started)
     (out / "report.md").write_text(report)
-    print("\n" + report)
+    print("\n" + terminal_tables(report, ("cotdistill run", "Evaluation", "Deployment",
+                                           "Progressive chains", "Refinement")))
     print(f"run: everything is under {out}/ ; evaluation report: {the_plan.evaluate_dir}/report.md")
     return {"stages": record, "report": str(out / "report.md"),
             "evaluation": str(the_plan.evaluate_dir)}

@@ -307,7 +307,8 @@ def graded_by_model(path: str, teacher: Path) -> Any:
 
 
 @pytest.mark.train
-def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -> None:
+def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     from cotdistill.backends.fake import FakeBackend
     from cotdistill.evaluate import run_evaluate
     from cotdistill.generate import run_generate
@@ -362,7 +363,14 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path) -
     assert retention == {"self": 0.25, "cut": 0.0, "self-unfiltered": 0.75}
     cut = json.loads((run / "students" / "cut" / "model" / "config.json").read_text())
     assert cut["num_hidden_layers"] == 2
-    assert "## Evaluation" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "## Evaluation" in report and "## Failure modes" in report
+    # The terminal gets the tables a person decides on; notes and examples stay in the file.
+    printed = capsys.readouterr().out
+    assert "| generate |" in printed and "| self-unfiltered |" in printed
+    assert "## Deployment" in printed and "| model | parameters | disk MB" in printed
+    assert "## Failure modes" not in printed and "## Calibration" not in printed
+    assert len(printed.splitlines()) < 80
 
     calls.clear()
     run_pipeline(config, stages)
