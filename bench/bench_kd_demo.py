@@ -171,16 +171,29 @@ def features(spec_path: Path, traces: Path) -> dict:
         load = json.loads((model.parent / "load.json").read_text()) \
             if (model.parent / "load.json").exists() else None
         kl = {}
+        steps = manifest["counts"]["steps"]
         for checkpoint in sorted((model / "checkpoints").glob("checkpoint-*"),
                                  key=lambda p: int(p.name.split("-")[1])):
-            kl[int(checkpoint.name.split("-")[1])] = cached_kl(checkpoint, traces)["mean_kl"]
+            step = int(checkpoint.name.split("-")[1])
+            if step < steps:  # the last checkpoint holds the final model's weights
+                kl[step] = cached_kl(checkpoint, traces)["mean_kl"]
+        final = cached_kl(model, traces)
+        kl[steps] = final["mean_kl"]
         result["students"][name] = {
             "train": spec["students"][name], "time": step_times(model), "load": load,
-            "train_loss": manifest.get("train_loss"), "kl_by_step": kl,
-            "kl": cached_kl(model, traces),
+            "train_loss": manifest.get("train_loss"), "kl_by_step": kl, "kl": final,
             "feature_terms": (manifest.get("kd") or {}).get("feature_terms"),
             "last_terms": last_terms(model),
         }
+    # Untrained deeper cuts, for scale: what KL goes with what accuracy before any training.
+    for name, keys in (spec.get("references") or {}).items():
+        start = ROOT / spec["out"] / name
+        if not (start / "config.json").exists():
+            subprocess.run([sys.executable, "-m", "cotdistill", "student", "init", "--out",
+                            str(start), "--layers", str(keys["layers"])], cwd=ROOT, check=True)
+        models[name] = start
+        result.setdefault("references", {})[name] = {"layers": keys["layers"],
+                                                      "kl": cached_kl(start, traces)}
     result["evaluate"] = evaluate_students(spec, models)
     return result
 
@@ -286,6 +299,11 @@ def features_lines(result: dict) -> list[str]:
             f"{ev.get('accuracy_ci', '')} | {s['kl_by_step'].get('9', s['kl_by_step'].get(9))} "
             f"| {s['kl']['mean_kl']} | {s['time']['steady_s']} | {s['time']['mean_s']} | "
             f"{load.get('before', '')} / {load.get('after', '')} |")
+    for name, ref in (feats.get("references") or {}).items():
+        ev = feats["evaluate"].get(name, {})
+        lines.append(f"| {name} | untrained cut, teacher layers {ref['layers']} | "
+                     f"{ev.get('accuracy')} {ev.get('accuracy_ci', '')} | | "
+                     f"{ref['kl']['mean_kl']} | | | |")
     lines += ["", "Loss terms at the first and last step (train_log.jsonl, unweighted):", "",
               "| student | first | last |", "|---|---|---|"]
     for name, s in feats["students"].items():

@@ -192,7 +192,8 @@ def recover_traces(
     traces that were complete under the old settings. With `problems` (the problems this run
     selected, by id), a trace whose question or gold answer differs from its problem's now
     (an edited problems file, another answer_format) is refused the same way: old and new
-    gold answers must not mix in one dataset.
+    gold answers must not mix in one dataset, and a trace of a problem the run no longer
+    selects is refused too.
     """
     if not path.exists():
         return {}
@@ -213,7 +214,15 @@ def recover_traces(
             raise InputError("not a trace line", file=path, line=lineno, field="problem_id")
         if expected is not None:
             _check_resumable_row(data, expected, path, lineno)
-        if problems is not None and data["problem_id"] in problems:
+        if problems is not None:
+            if data["problem_id"] not in problems:
+                # Kept, it would stay in the dataset beside the new selection (a validation
+                # or a dropped problem's traces going on to training).
+                raise InputError(
+                    f"a trace of problem {data['problem_id']!r}, which this run does not select "
+                    "(the problems file, --limit or --shard changed); generate into a new --out "
+                    "(in `cotdistill run`: --fresh generate)", file=path, line=lineno,
+                    field="problem_id")
             _check_same_problem(data, problems[data["problem_id"]], path, lineno)
         by_problem[data["problem_id"]].append(data)
     if drop_duplicate_samples(by_problem, path):

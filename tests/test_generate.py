@@ -470,3 +470,18 @@ def test_resume_with_an_unchanged_problems_file_adds_the_rest(tmp_path: Path) ->
     manifest = run_generate(config(tmp_path, problems=tmp_path / "problems.jsonl", n=1,
                                    limit=5), backend=FakeBackend())
     assert manifest["counts"]["samples"] == 5 and manifest["counts"]["new_samples"] == 2
+
+
+def test_resume_refuses_traces_of_problems_the_run_no_longer_selects(tmp_path: Path) -> None:
+    """A smaller --limit (or a problems file without some rows, e.g. a validation split taken
+    out) must not leave the old traces of the dropped problems in the dataset."""
+    run_generate(config(tmp_path, n=1, limit=5), backend=FakeBackend())
+    path = tmp_path / "out" / "traces.jsonl"
+    before = path.read_bytes()
+    backend = FakeBackend()
+    with pytest.raises(InputError) as info:
+        run_generate(config(tmp_path, problems=tmp_path / "problems.jsonl", n=1, limit=3),
+                     backend=backend)
+    assert info.value.field == "problem_id" and info.value.file == str(path)
+    assert "does not select" in info.value.message and "--fresh generate" in info.value.message
+    assert path.read_bytes() == before and backend.calls == 0
