@@ -914,8 +914,12 @@ def run_evaluate(
     config: EvaluateConfig,
     backend_factory: BackendFactory | None = None,
     verify: Verifier | None = None,
+    tables: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every `--model` on the problems; returns the manifest."""
+    """Evaluate every `--model` on the problems; returns the manifest.
+
+    `tables=False` leaves the accuracy and deployment tables off the terminal (`run` prints
+    them once, in its own summary)."""
     started = time.time()
     if config.problems is None or config.out is None:
         raise InputError("evaluate needs --problems and --out")
@@ -986,7 +990,8 @@ def run_evaluate(
                 "samples": sum(len(r.samples) for r in runs.values())},
         started=started,
     )
-    print(terminal_tables(report))
+    if tables:
+        print(terminal_tables(report))
     print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
     return manifest
 

@@ -539,7 +539,7 @@ def default_stages() -> Stages:
     def evaluate(config: Any) -> Any:
         from cotdistill.evaluate import run_evaluate
 
-        return run_evaluate(config)
+        return run_evaluate(config, tables=False)  # the run prints them once, at its end
 
     return Stages(generate, filter_, student_init, train, run_control_data, evaluate)
 
