@@ -593,7 +593,8 @@ def batch_one_latency(
     sampling = SamplingConfig(
         **config.model_dump(include=set(SamplingConfig.model_fields)) | {"temperature": 0.0}
     )
-    bar = progress_bar(len(chosen) + 1, f"latency {name} (batch 1)", unit="request")
+    bar = progress_bar(len(chosen) + 1, f"latency {name} (batch 1)", unit="request",
+                       leave=False)
     try:
         return measure_latency(
             backend, [template.render(p.question) for p in chosen], sampling, bar.update

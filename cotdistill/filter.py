@@ -953,7 +953,7 @@ def first_pass(
         return contaminated[question]
 
     total = sum(Path(p).stat().st_size for p in config.traces)
-    bar = progress_bar(total, "filter: read", unit="B", scale=True)
+    bar = progress_bar(total, "filter: read", unit="B", scale=True, leave=False)
     try:
         for item in shard_traces(config, stats=stats):
             bar.update(item.size)  # characters: close enough to bytes
@@ -978,7 +978,7 @@ def _write_outputs(config: FilterConfig, summaries: list[Summary], out: Path) ->
     tmp = {name: out / (name + ".tmp") for name in names}
     counts = dict.fromkeys(names, 0)
     handles = {name: open(tmp[name], "w", encoding="utf-8") for name in names}  # noqa: SIM115
-    bar = progress_bar(len(summaries), "filter: write", unit="trace")
+    bar = progress_bar(len(summaries), "filter: write", unit="trace", leave=False)
     changed = "traces files changed while filtering; run again"
     complete = False
     try:
@@ -1033,7 +1033,7 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     summaries = first_pass(config, index, read_stats)
     stats = VerifyStats()
     need = sum(1 for s in summaries if s.gold is not None and s.predicted is not None)
-    bar = progress_bar(need, "filter: verify", unit="trace")
+    bar = progress_bar(need, "filter: verify", unit="trace", leave=False)
     try:
         decide(summaries, config, stats, on_verified=bar.update)
     finally:

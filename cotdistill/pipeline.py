@@ -545,7 +545,7 @@ def default_stages() -> Stages:
 
 
 def _banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
+    print(f"=== {text} ===", flush=True)
 
 
 def stage_folders(the_plan: Plan) -> dict[str, Path]:
