@@ -34,6 +34,7 @@ from cotdistill.backends import Backend, make_backend
 from cotdistill.backends.sizing import Workload
 from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, ThinkConfig
 from cotdistill.errors import InputError
+from cotdistill.evaluation.samples import by_problem, problem_scores
 from cotdistill.generate import logprob_stats
 from cotdistill.locking import locks_output
 from cotdistill.memory import PeakMemory
@@ -250,22 +251,6 @@ def evaluate_model(
             )
         )
     return samples, seconds
-
-
-def by_problem(samples: Iterable[EvalSample]) -> dict[str, list[EvalSample]]:
-    """Samples grouped per problem, problems in first-seen order, samples by index."""
-    groups: dict[str, list[EvalSample]] = {}
-    for sample in samples:
-        groups.setdefault(sample.problem_id, []).append(sample)
-    return {pid: sorted(group, key=lambda s: s.sample_index) for pid, group in groups.items()}
-
-
-def problem_scores(samples: Iterable[EvalSample]) -> dict[str, float]:
-    """Per problem, the share of its samples that are correct (pass@1 estimate)."""
-    return {
-        pid: sum(s.correct for s in group) / len(group)
-        for pid, group in by_problem(samples).items()
-    }
 
 
 def sample_confidence(sample: EvalSample) -> float | None:
