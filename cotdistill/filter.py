@@ -710,9 +710,22 @@ def reasoning_report(summaries: Sequence[Summary]) -> dict[str, Any] | None:
 
 def plot_reasoning_lengths(summaries: Sequence[Summary], path: Path) -> bool:
     """Histogram of thinking tokens, correct vs wrong traces; False when there is nothing."""
-    def values_of(flag: bool) -> list[int]:
-        return [s.reasoning_tokens for s in summaries
-                if s.correct is flag and s.reasoning_tokens is not None]
+    return _plot_correct_vs_wrong(
+        summaries, "reasoning_tokens", path, xlabel="thinking tokens",
+        title="Thinking length: correct vs wrong traces",
+        bounds=lambda low, high: (0, high + 1))
+
+
+def _plot_correct_vs_wrong(
+    summaries: Sequence[Summary], attribute: str, path: Path, xlabel: str, title: str,
+    bounds: Callable[[float, float], tuple[float, float]],
+) -> bool:
+    """Overlaid histograms of one per-trace figure for correct and wrong traces (the filter's
+    report plots); `bounds` maps the data's (min, max) to the histogram's range. False when
+    no trace has the figure."""
+    def values_of(flag: bool) -> list[float]:
+        return [getattr(s, attribute) for s in summaries
+                if s.correct is flag and getattr(s, attribute) is not None]
 
     correct, wrong = values_of(True), values_of(False)
     if not correct and not wrong:
@@ -723,13 +736,13 @@ def plot_reasoning_lengths(summaries: Sequence[Summary], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    high = max(correct + wrong) + 1
+    span = bounds(min(correct + wrong), max(correct + wrong))
     for label, data in (("correct", correct), ("wrong", wrong)):
         if data:
-            ax.hist(data, bins=30, range=(0, high), alpha=0.6, label=f"{label} ({len(data)})")
-    ax.set_xlabel("thinking tokens")
+            ax.hist(data, bins=30, range=span, alpha=0.6, label=f"{label} ({len(data)})")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("traces")
-    ax.set_title("Thinking length: correct vs wrong traces")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -826,33 +839,14 @@ def report_markdown(
 
 def plot_confidence(summaries: Sequence[Summary], path: Path) -> bool:
     """Histogram of mean logprob, correct vs wrong traces; False when there is nothing to plot."""
-    def values_of(flag: bool) -> list[float]:
-        return [s.mean_logprob for s in summaries
-                if s.correct is flag and s.mean_logprob is not None]
+    def bounds(low: float, high: float) -> tuple[float, float]:
+        if high - low < 1e-6:  # one value only: give the single bar some width
+            return low - 0.05, high + 0.05
+        return low, high
 
-    correct, wrong = values_of(True), values_of(False)
-    if not correct and not wrong:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    low, high = min(correct + wrong), max(correct + wrong)
-    if high - low < 1e-6:  # one value only: give the single bar some width
-        low, high = low - 0.05, high + 0.05
-    for label, data in (("correct", correct), ("wrong", wrong)):
-        if data:
-            ax.hist(data, bins=30, range=(low, high), alpha=0.6, label=f"{label} ({len(data)})")
-    ax.set_xlabel("mean token logprob")
-    ax.set_ylabel("traces")
-    ax.set_title("Teacher confidence: correct vs wrong traces")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _plot_correct_vs_wrong(
+        summaries, "mean_logprob", path, xlabel="mean token logprob",
+        title="Teacher confidence: correct vs wrong traces", bounds=bounds)
 
 
 # ---------------------------------------------------------------------------------------------
