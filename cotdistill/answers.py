@@ -1,13 +1,16 @@
 """Final-answer extraction from reference solutions and model outputs.
 
-Gold answers (`extract_gold`): the last `\\boxed{...}` (MATH style, kept whole as LaTeX), else
-the value after the last `####` (GSM8K reference; a plain number is normalised, anything else
-kept whole), else the text as it is.
+Gold answers (`read_gold`, `extract_gold`): the last `\\boxed{...}` (kept whole as LaTeX), else
+the value after the last `####`, else a bare answer (number, fraction, expression, LaTeX, one
+word) taken whole, else "the answer is ...", else text holding exactly one number (rule
+`single_number`, counted by `problems.LoadStats`); anything else, and an unclosed box, raises
+GoldError. The table of docs/answers.md is checked against these functions.
 
 Predictions (`extract_answer`), rule by rule. Each rule looks at its last occurrence, and a rule
 whose capture holds no answer falls through to the next one:
 
-1. the last non-empty `\\boxed{...}` / `\\fbox{...}`, whole (nested braces balanced);
+1. the last non-empty `\\boxed{...}` / `\\fbox{...}`, whole (nested braces balanced); `\\boxed 5`
+   boxes one token; a box that never closes gives no answer at all (the answer was cut);
 2. the last `#### x` line whose value starts with an answer (a markdown heading such as
    `#### Step 2` is not one);
 3. the last "the answer is ...", "the final answer is ...", "Final answer: ...", "Answer: ..."
@@ -16,23 +19,29 @@ whose capture holds no answer falls through to the next one:
    "(1, 2)" and intervals whole; "the answer is wrong." holds none and falls through;
 4. when `fallback_last_number`, the last number anywhere in the text.
 
+Roots (`x = 2 or x = 3`) are one set answer `\\{2, 3\\}` in every rule (`alternatives`).
+
 A number keeps its sign, fraction and percent (`-3/4`, `50%`); thousands separators between
 groups of three digits (comma, thin space U+2009, narrow no-break space U+202F, no-break or
 plain space, LaTeX `\\,` and `{,}`) and currency signs are dropped; a unit after it is not read
-("5 apples" -> `5`). A digit glued to a letter is not a number ("x2", the "2" of "100m2").
+("5 apples" -> `5`). A digit glued to a letter is not a number ("x2", the "2" of "100m2"),
+except after Chinese, Japanese or Korean characters, which need no space ("答案是42").
 
-Why not math-verify's own extraction (`math_verify.parse` with `LatexExtractionConfig` and
-`ExprExtractionConfig`)? Its source (math_verify/parser.py, 0.9.0) anchors on the word "answer"
-within 50 characters and otherwise takes the rightmost match; tried on the traps of
-tests/test_answers.py it reads "the answer is wrong. Let me redo: 3+4=7" as 3, "1\\u2009000" as
-1 and "(1, 2)" as 2, finds nothing in "The answer is \\sqrt{2}" (LaTeX outside `$...$`), and
-returns sympy objects whose printed form loses what was written (`50%` -> `50*(1/100)`): 38 of
-the 59 traps right, against all 59 here. It also parses every candidate with sympy (more than 10
-times slower than this module: bench/results/answers.md) under `signal.alarm`, which works only
-in a main thread. So extraction stays here as regular expressions that return the answer's
-text (cheap, thread-safe, and the text is what `answer_key` votes on), and
-math-verify does what it is good at: deciding whether that text equals the gold answer
-(`verify.check_answers`).
+Why not math-verify's own extraction everywhere (`math_verify.parse` with
+`LatexExtractionConfig` and `ExprExtractionConfig`)? Its source (math_verify/parser.py, 0.9.0)
+anchors on the word "answer" within 50 characters and otherwise takes the rightmost match; tried
+on the traps of tests/test_answers.py it reads "the answer is wrong. Let me redo: 3+4=7" as 3,
+"1\\u2009000" as 1 and "(1, 2)" as 2, finds nothing in "The answer is \\sqrt{2}" (LaTeX outside
+`$...$`), and returns sympy objects whose printed form loses what was written (`50%` ->
+`50*(1/100)`): 38 of the 59 traps right, against all 59 here. It also parses every candidate
+with sympy (more than 10 times slower than this module: bench/results/answers.md) under
+`signal.alarm`, which works only in a main thread. So extraction stays here as regular
+expressions that return the answer's text (cheap, thread-safe, and the text is what `answer_key`
+votes on), and math-verify does what it is good at: reading that text as math with
+`LatexExtractionConfig` / `ExprExtractionConfig` and deciding whether it equals the gold
+(`verify.check_answers`, `verify.group_equivalent`). tests/test_answer_rules.py keeps the cases
+math-verify's extraction reads wrong (an unclosed box, roots in prose, "the answer is wrong",
+thin-space thousands).
 
     extract_gold("... #### 1,234")                        -> "1234"
     extract_answer("so \\boxed{\\frac{1}{2}}.")            -> "\\frac{1}{2}"
@@ -43,6 +52,8 @@ math-verify does what it is good at: deciding whether that text equals the gold 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field
 
@@ -58,7 +69,9 @@ _SEPARATORS = re.compile(r"\{,\}|\\,|[,\x20\u00a0\u2009\u202f]")
 _DIGITS = rf"(?:\d{{1,3}}(?:{_SEPARATOR}\d{{3}})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 _MINUS = ("-", "\u2212")
 _NUMBER = re.compile(
-    r"(?<![\w.])"  # not the tail of a word or of another number ("x2", "1.2.3")
+    # Not the tail of a word or of another number ("x2", "1.2.3"). Only alphabets that put
+    # spaces between words count: in Chinese or Japanese a number follows a character directly.
+    r"(?<![^\W\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff])(?<!\.)"
     r"(?P<sign>[-+\u2212])?(?:(?:\\?\$|[\u20ac\u00a3\u00a5\u20b9])\s?)?(?P<sign2>[-\u2212])?"
     rf"(?P<num>{_DIGITS})"
     r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?)(?![\d/]))?"
@@ -86,25 +99,56 @@ _PHRASE = re.compile(
 )
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), with nested braces balanced."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0:
-        # `\boxed 5` form
-        match = re.match(r"\\(?:boxed|fbox)\s+([^\s$]+)", text[start:])
-        return match.group(1) if match else None
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+# `\boxed 5` (no braces): TeX boxes one token; a trailing full stop is the sentence's.
+_BOX_TOKEN = re.compile(r"[^\s${}]+")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One `\\boxed`: its content, and whether its braces closed before the text ended."""
+
+    content: str
+    closed: bool
+
+
+def _box_at(text: str, match: re.Match[str]) -> Box:
+    """The box opened by `match`: `{...}` with nested braces balanced, or one bare token.
+
+    The brace must follow `\\boxed` directly: searching further would read the next group of
+    the text (`\\boxed 5. Check: \\frac{10}{2}` is 5, not 10).
+    """
+    pos = match.end()
+    if not text.startswith("{", pos):
+        token = _BOX_TOKEN.match(text, pos)
+        return Box(token.group().rstrip(".,;:") if token else "", True)
     depth = 0
-    for pos in range(brace, len(text)):
-        if text[pos] == "{":
+    for end in range(pos, len(text)):
+        if text[end] == "{":
             depth += 1
-        elif text[pos] == "}":
+        elif text[end] == "}":
             depth -= 1
             if depth == 0:
-                return text[brace + 1 : pos].strip()
-    return None
+                return Box(text[pos + 1 : end].strip(), True)
+    return Box(text[pos + 1 :].strip(), False)
+
+
+def final_box(text: str) -> Box | None:
+    """The last non-empty box, or the last box when it never closed; None without a box.
+
+    An unclosed box runs to the end of the text, so it is the last one: an answer cut there
+    (or written with a missing brace) must not fall back to some number inside it.
+    """
+    boxes = [_box_at(text, m) for m in _BOX_OPEN.finditer(text)]
+    if boxes and not boxes[-1].closed:
+        return boxes[-1]
+    return next((box for box in reversed(boxes) if box.content), None)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last closed, non-empty \\boxed{...} (or \\fbox{...}), else None."""
+    box = final_box(text)
+    return box.content if box is not None and box.closed else None
 
 
 def _number_text(match: re.Match[str]) -> str:
@@ -239,37 +283,240 @@ def last_number(text: str) -> str | None:
     return None if last is None else _number_text(last)
 
 
-def extract_gold(solution: str, answer_format: str = "auto") -> str:
-    """The gold answer from a reference solution; LaTeX answers are kept whole."""
+# --- several roots: "x = 2 or x = 3" -----------------------------------------------------------
+# Words that join alternatives, also inside LaTeX (`\text{ or }`); `\quad` separates like a comma.
+_JOIN_WORDS = re.compile(r"\\(?:text|mbox|textrm|mathrm)\{\s*(or|and)\s*\}|\\q?quad\b")
+_DELIMITERS = re.compile(r"\$|\\[()\[\]]")
+_LIST_SEPARATOR = re.compile(r"\s*(?:,|;|\s(or|and)\s)\s*", re.IGNORECASE)
+_VARIABLE = re.compile(r"^(?P<var>[A-Za-z](?:_\{?\w+\}?)?)\s*=\s*(?P<value>[^=]+)$")
+
+
+def _top_level_pieces(text: str) -> list[tuple[str, str]]:
+    """(piece, separator before it) for `text` split at `,`, `;`, ` or `, ` and `, outside
+    brackets, braces and numbers (`1,234` stays one piece)."""
+    numbers = [m.span() for m in _NUMBER.finditer(text)]
+    pieces: list[tuple[str, str]] = []
+    depth, start, separator, pos = 0, 0, "", 0
+    while pos < len(text):
+        char = text[pos]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        inside_number = any(a < pos < b for a, b in numbers)
+        found = _LIST_SEPARATOR.match(text, pos) if depth == 0 and not inside_number else None
+        if found is not None and found.end() > pos and (found.group(1) or char in ",;"):
+            pieces.append((text[start:pos], separator))
+            separator = (found.group(1) or char).lower()
+            start = pos = found.end()
+            continue
+        pos += 1
+    pieces.append((text[start:], separator))
+    return pieces
+
+
+def _value(piece: str) -> str | None:
+    """A piece that is one bare value (number or LaTeX, no words), normalised; else None."""
+    piece = piece.strip().rstrip(".").strip()
+    if not piece or "=" in piece or _has_words(piece):
+        return None
+    number = _NUMBER.fullmatch(piece)
+    return _number_text(number) if number is not None else piece
+
+
+def alternatives(text: str) -> tuple[str, bool] | None:
+    """Several roots at the start of `text` as one set answer, and whether all of `text` was used.
+
+    `x = 2 or x = 3` and `x = 2, x = 3` -> `\\{2, 3\\}` (math-verify compares sets, so the order of
+    the roots does not matter). A list is read as roots only when it names one variable or joins
+    with "or": `3, 4 and 5 apples` is not a set, and `x = 1, y = 2` (a point) is left to the
+    other rules. math-verify's own extraction reads "x = 2 or x = 3" outside `$...$` as 3.
+    """
+    clean = _DELIMITERS.sub(" ", _JOIN_WORDS.sub(lambda m: f" {m.group(1) or ','} ", text))
+    values: list[str] = []
+    variables: set[str] = set()
+    joined_by_or = False
+    pieces = _top_level_pieces(clean)
+    used = 0
+    for piece, separator in pieces:
+        named = _VARIABLE.match(piece.strip())
+        value = _value(named["value"] if named else piece)
+        if value is None:
+            break
+        if named is not None:
+            variables.add(named["var"])
+        joined_by_or |= separator == "or"
+        values.append(value)
+        used += 1
+    if len(values) < 2 or len(variables) > 1 or not (variables or joined_by_or):
+        return None
+    unique = list(dict.fromkeys(values))
+    answer = unique[0] if len(unique) == 1 else "\\{" + ", ".join(unique) + "\\}"
+    return answer, used == len(pieces)
+
+
+# Names of functions and constants: letters in an expression that are not words of a sentence.
+_MATH_NAMES = frozenset((
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh",
+    "tanh", "log", "ln", "lg", "exp", "sqrt", "pi", "inf", "oo", "infty", "max", "min", "gcd",
+    "lcm", "mod", "deg", "det", "dim", "ker",
+))
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textrm|mbox|operatorname|textbf|mathbf)\s*\{[^{}]*\}")
+_LETTER_RUN = re.compile(r"[^\W\d_]{2,}")
+
+
+def _has_words(text: str) -> bool:
+    """Whether `text` holds words of a sentence (any script), not just math.
+
+    Units and labels inside `\\text{...}` and LaTeX commands are math; so are function names.
+    """
+    text = _COMMAND.sub(" ", _LATEX_TEXT.sub(" ", text))
+    return any(w.lower() not in _MATH_NAMES for w in _LETTER_RUN.findall(text))
+
+
+def _with_roots(answer: str) -> str:
+    """A boxed or marked answer that lists roots (`x = 2 \\text{ or } x = 3`) as one set."""
+    roots = alternatives(answer)
+    return roots[0] if roots is not None and roots[1] else answer
+
+
+# --- gold answers ---------------------------------------------------------------------------------
+GoldRule = Literal["boxed", "hashes", "bare", "phrase", "single_number", "raw"]
+
+
+class GoldError(ValueError):
+    """A reference solution that holds no single answer; the caller names file, line, field."""
+
+
+@dataclass(frozen=True)
+class Gold:
+    """A gold answer and the rule that read it (reports count the `single_number` ones)."""
+
+    answer: str
+    rule: GoldRule
+
+
+def is_bare_answer(text: str) -> bool:
+    """A number, fraction, expression or LaTeX with no sentence words, or one word (`Paris`)."""
+    text = text.strip()
+    return bool(text) and (not _has_words(text) or re.fullmatch(r"[^\W\d_]+", text) is not None)
+
+
+def _bare(text: str) -> str:
+    """A bare answer's text: numbers normalised (`1,000` -> `1000`), math delimiters dropped."""
+    text = text.strip()
+    number = _NUMBER.fullmatch(text.rstrip("."))
+    if number is not None:
+        return _number_text(number)
+    math = _MATH.fullmatch(text.rstrip("."))
+    if math is not None:
+        return _from_math(_math_content(math)) or text
+    return _with_roots(text)
+
+
+def _gold_from_text(text: str, marked: GoldRule | None) -> Gold:
+    """A gold written without a box: bare, after "the answer is", or the one number it holds."""
+    if is_bare_answer(text):
+        return Gold(_bare(text), marked or "bare")
+    roots = alternatives(text)
+    if roots is not None and roots[1]:
+        return Gold(roots[0], marked or "bare")
+    if marked is not None:  # `#### 42 dollars`: marked, so read as a prediction's answer would be
+        found = _first_answer(text, at_start=True)
+        if found:
+            return Gold(found, marked)
+    phrases = list(_PHRASE.finditer(text))
+    if phrases:
+        sentence = _sentence(text[phrases[-1].end() :].lstrip())
+        roots = alternatives(sentence)
+        found = roots[0] if roots is not None else _first_answer(sentence)
+        if found:
+            return Gold(found, "phrase")
+    numbers = list(_NUMBER.finditer(text))
+    if len(numbers) == 1:
+        return Gold(_number_text(numbers[0]), "single_number")
+    raise GoldError(
+        f"gold answer {_preview(text)} is text holding {len(numbers)} numbers, not one answer: "
+        "mark it (\\boxed{...}, '#### ...', 'The answer is ...'), or set answer_format: raw"
+    )
+
+
+def _preview(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def read_gold(solution: str, answer_format: str = "auto") -> Gold:
+    """The gold answer of a reference solution and the rule that found it (rules: module doc).
+
+    Raises GoldError for a solution that holds no single answer: an unclosed `\\boxed{`, or text
+    with no marker that is not a bare answer and holds no number or several.
+    """
     solution = solution.strip()
+    if answer_format == "raw":
+        return Gold(solution, "raw")
     if answer_format in ("boxed", "auto"):
-        boxed = last_boxed(solution)
-        if boxed is not None:
-            return boxed
+        box = final_box(solution)
+        if box is not None and not box.closed:
+            raise GoldError(f"gold answer {_preview(solution)} opens a \\boxed{{ that never closes")
+        if box is not None:
+            return Gold(_with_roots(box.content), "boxed")
     if answer_format in ("gsm8k", "auto") and "####" in solution:
         value = solution.rsplit("####", 1)[1].strip().strip("*").strip()
-        number = _NUMBER.fullmatch(value.rstrip("."))
-        if number is not None:
-            return _number_text(number)
-        math = _MATH.fullmatch(value.rstrip("."))
-        return (_from_math(_math_content(math)) or value) if math else value
-    return solution
+        return _gold_from_text(value, "hashes")
+    return _gold_from_text(solution, None)
+
+
+def extract_gold(solution: str, answer_format: str = "auto") -> str:
+    """The gold answer from a reference solution; LaTeX answers are kept whole (GoldError if
+    none: see `read_gold`)."""
+    return read_gold(solution, answer_format).answer
+
+
+def _marked_answer(text: str) -> str | None:
+    """The answer after the last "the answer is ..." marker, roots read as one set."""
+    phrases = list(_PHRASE.finditer(text))
+    if not phrases:
+        return None
+    sentence = _sentence(text[phrases[-1].end() :].lstrip())
+    roots = alternatives(sentence)
+    return roots[0] if roots is not None else _first_answer(sentence)
+
+
+def _last_number_or_roots(text: str) -> str | None:
+    """The last number, or the set of roots it closes (`... so x = 2 or x = 3.`)."""
+    numbers = list(_NUMBER.finditer(text))
+    if not numbers:
+        return None
+    last = numbers[-1]
+    sentence_start = 0
+    for end in _SENTENCE_END.finditer(text, 0, last.start()):
+        sentence_start = end.end()
+    tail = text[last.end() :].strip().rstrip(".!?").strip()
+    for start in re.finditer(r"[A-Za-z]\s*=|[-+\u2212$\\\d]", text[sentence_start : last.start()]):
+        roots = alternatives(text[sentence_start + start.start() : last.end()])
+        if roots is not None and roots[1] and not tail:
+            return roots[0]
+    return _number_text(last)
 
 
 def extract_answer(text: str, fallback_last_number: bool = True) -> str | None:
-    """The model's final answer, or None when nothing answer-like is found (rules: module doc)."""
-    boxed = last_boxed(text)
-    if boxed:
-        return boxed
+    """The model's final answer, or None when nothing answer-like is found (rules: module doc).
+
+    With `fallback_last_number=False` only a closed box, a `####` line or an answer marker
+    counts (evaluation reads outputs cut at max_tokens this way).
+    """
+    box = final_box(text)
+    if box is not None:
+        # An unclosed box is an answer cut off (or mistyped): no number inside it is the answer.
+        return _with_roots(box.content) if box.closed else None
     for value in reversed(_HASHES.findall(text)):
-        found = _first_answer(value, at_start=True)
+        roots = alternatives(value)
+        found = roots[0] if roots is not None else _first_answer(value, at_start=True)
         if found:
             return found
-    phrases = list(_PHRASE.finditer(text))
-    if phrases:
-        found = _first_answer(_sentence(text[phrases[-1].end() :].lstrip()))
-        if found:
-            return found
+    found = _marked_answer(text)
+    if found:
+        return found
     if fallback_last_number:
-        return last_number(text)
+        return _last_number_or_roots(text)
     return None

@@ -2,6 +2,7 @@
 
     pass_at_k(n=4, c=1, k=4)                       -> 1.0
     majority_correct(["7", "7", "8"], [1, 1, 0])   -> True
+    majority_vote(verify.group_equivalent(answers), correct)   # .correct, .tied, .votes
     expected_calibration_error([0.9, 0.2], [True, False], bins=10)
     bootstrap_ratio(student_scores, teacher_scores, resamples=1000, seed=0)
     bootstrap_difference(after_scores, before_scores)   # paired change, e.g. per round
@@ -28,30 +29,59 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+@dataclass(frozen=True)
+class MajorityVote:
+    """maj@k for one problem: whether the winning group is correct, and how it won.
+
+    `tied` is True when several groups had the top vote count; the winner is then the tied group
+    whose first answer came first (sample order), and evaluate reports how many problems tied.
+    """
+
+    correct: bool
+    votes: int
+    tied: bool
+    winner: tuple[int, ...]
+
+
+def majority_vote(groups: Sequence[Sequence[int]], correct: Sequence[bool]) -> MajorityVote:
+    """The most voted group of answers and whether it is correct.
+
+    `groups` are indices into `correct` (from `verify.group_equivalent`, which puts
+    mathematically equal answers in one group); unanswered samples are in no group. The verdict
+    of a group is that of its first answer. With no group the problem counts as wrong.
+    """
+    live = [sorted(g) for g in groups if g]
+    if not live:
+        return MajorityVote(False, 0, False, ())
+    best = max(len(g) for g in live)
+    tied = [g for g in live if len(g) == best]
+    winner = min(tied, key=lambda g: g[0])  # explicit tie rule: earliest first answer wins
+    return MajorityVote(bool(correct[winner[0]]), best, len(tied) > 1, tuple(winner))
+
+
 def majority_correct(
     answers: Sequence[str | None],
     correct: Sequence[bool],
     key: Callable[[str], str] = str.strip,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> bool:
     """Whether the most frequent answer is correct (maj@k for one problem).
 
-    Answers vote by `key` (the evaluation passes `verify.answer_key`, so "3" and "3.0" are one
-    vote); the verdict of a group is that of its first answer. Samples with no answer do not
-    vote; with none left the problem counts as wrong. A tie goes to the group seen first.
+    Pass `groups` from `verify.group_equivalent(answers)` to vote by math equivalence (what the
+    evaluation should do: `0.5`, `1/2` and `\\frac{1}{2}` are one vote); without it answers
+    vote by `key` alone (`verify.answer_key`: "3" and "3.0" are one vote). Samples with no
+    answer do not vote; a tie goes to the tied group whose first answer came first (see
+    `majority_vote`, which also says whether there was a tie).
     """
-    votes: dict[str, int] = {}
-    verdict: dict[str, bool] = {}
-    for answer, ok in zip(answers, correct, strict=True):
-        if answer is None:
-            continue
-        group = key(answer)
-        votes[group] = votes.get(group, 0) + 1
-        verdict.setdefault(group, ok)
-    if not votes:
-        return False
-    best = max(votes.values())
-    winner = next(a for a, count in votes.items() if count == best)
-    return verdict[winner]
+    if len(answers) != len(correct):
+        raise ValueError("answers and correct differ in length")
+    if groups is None:
+        by_key: dict[str, list[int]] = {}
+        for index, answer in enumerate(answers):
+            if answer is not None:
+                by_key.setdefault(key(answer), []).append(index)
+        groups = list(by_key.values())
+    return majority_vote(groups, correct).correct
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ import json
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from cotdistill.answers import extract_gold
+from cotdistill.answers import GoldError, GoldRule, read_gold
 from cotdistill.errors import InputError
 from cotdistill.records import Problem, parse_json_object, sha256_text
 
@@ -185,15 +186,94 @@ def _dataset_rows(path: Path) -> Iterator[_Row]:
         yield _Row(index, dict(row))
 
 
+def is_missing(value: Any) -> bool:
+    """None or blank text: an empty cell (CSV `,,`, JSON `""`) stands for no value at all, so
+    the next candidate field is read instead."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _first_field(data: dict[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    """The first of `names` with a value; else the first present but empty one (for errors)."""
+    empty = None
     for name in names:
-        if name in data and data[name] is not None:
+        if not is_missing(data.get(name)):
             return name, data[name]
-    return None, None
+        if empty is None and name in data and data[name] is not None:
+            empty = name
+    return empty, None
 
 
-def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[Problem]:
-    """Read and validate every problem; the whole file is checked before returning."""
+def cell_text(value: Any, *, file: Path | str, line: int | None, field: str) -> str | None:
+    """A cell as answer text; None when it is empty.
+
+    JSON and Parquet give numbers, whose `str` is `5e-05` or `2e+16`: write them as plain
+    decimals, as a person would (`0.00005`). NaN and infinities are no answer: refused.
+    """
+    if is_missing(value):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):  # bool too
+        return str(value)
+    if isinstance(value, float | Decimal):
+        number = Decimal(repr(value)) if isinstance(value, float) else value
+        if not number.is_finite():
+            raise InputError(f"answer is {value}, not a number an answer can be",
+                             file=file, line=line, field=field)
+        return format(number, "f")
+    raise InputError(f"answer must be text or a number, got {type(value).__name__}",
+                     file=file, line=line, field=field)
+
+
+@dataclass
+class LoadStats:
+    """How the gold answers of a load were read, for the stage reports.
+
+    `golds_by_rule["single_number"]` counts golds written as text with no marker, read because
+    they hold exactly one number (`The total is 42 dollars.` -> 42): worth a look in the report.
+    """
+
+    golds_by_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def golds_from_single_number(self) -> int:
+        return self.golds_by_rule.get("single_number", 0)
+
+    def count(self, rule: GoldRule) -> None:
+        self.golds_by_rule[rule] = self.golds_by_rule.get(rule, 0) + 1
+
+
+def gold_from_cell(
+    value: Any,
+    answer_format: str,
+    *,
+    file: Path | str,
+    line: int | None,
+    field: str,
+    stats: LoadStats | None = None,
+) -> str | None:
+    """The gold answer of one cell (None when empty); a cell with no single answer is an
+    InputError naming file, line and field. Problem sets and foreign traces both read golds
+    through this, so both follow the same rules (answers.read_gold)."""
+    text = cell_text(value, file=file, line=line, field=field)
+    if text is None:
+        return None
+    try:
+        gold = read_gold(text, answer_format)
+    except GoldError as exc:
+        raise InputError(str(exc), file=file, line=line, field=field) from exc
+    if stats is not None:
+        stats.count(gold.rule)
+    return gold.answer
+
+
+def load_problems(
+    path: Path, fields: ProblemFields = ProblemFields(), stats: LoadStats | None = None
+) -> list[Problem]:
+    """Read and validate every problem; the whole file is checked before returning.
+
+    Pass `stats` to learn how the golds were read (reports show `golds_from_single_number`).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", file=path)
@@ -213,6 +293,8 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
                 line=row.line,
                 field=fields.question[0],
             )
+        if question is None:  # every candidate field present was empty
+            raise InputError("question is empty", file=path, line=row.line, field=name)
         if not isinstance(question, str):
             raise InputError(
                 f"question must be text, got {type(question).__name__}",
@@ -222,8 +304,9 @@ def load_problems(path: Path, fields: ProblemFields = ProblemFields()) -> list[P
             raise InputError("question is empty", file=path, line=row.line, field=name)
         answer_name, answer = _first_field(row.data, fields.answer)
         gold = None
-        if answer_name is not None and str(answer).strip():
-            gold = extract_gold(str(answer), fields.answer_format)
+        if answer_name is not None:
+            gold = gold_from_cell(answer, fields.answer_format, file=path, line=row.line,
+                                  field=answer_name, stats=stats)
         raw_id = row.data.get(fields.id)
         has_id = raw_id is not None and bool(str(raw_id).strip())
         problem_id = str(raw_id).strip() if has_id else question_id(question)

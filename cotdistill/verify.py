@@ -105,15 +105,26 @@ class _ItemTimeout(BaseException):
 
 
 def _parse(text: str) -> list[Any]:
-    from math_verify import parse
+    """math-verify's own reading of an answer text already extracted by `answers.py`.
 
+    The rule set is split at one line: `answers.extract_answer` / `read_gold` find which part
+    of a text is the answer (where tests/test_answer_rules.py shows math-verify's extraction
+    wrong: an unclosed box, roots in prose, "the answer is wrong", thin-space thousands), and
+    math-verify's `LatexExtractionConfig` / `ExprExtractionConfig` turn that part into math
+    (sets, intervals, `\\frac`, `\\sqrt`, units in `\\text{}`) and decide equality.
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
     # Bare expressions (`x^2+1`) need math delimiters to be read as LaTeX; numbers work either way.
     delimited = "$" in text.replace("\\$", "") or "\\(" in text or "\\[" in text
     if not delimited:
-        parsed = parse(f"${text}$", parsing_timeout=None, fallback_mode="no_fallback")
+        parsed = parse(f"${text}$", extraction_config=configs, parsing_timeout=None,
+                       fallback_mode="no_fallback")
         if parsed:
             return parsed
-    return parse(text, parsing_timeout=None, fallback_mode="no_fallback")
+    return parse(text, extraction_config=configs, parsing_timeout=None,
+                 fallback_mode="no_fallback")
 
 
 def verify_one(gold: str, predicted: str, timeout_s: float | None = None) -> Verdict:
@@ -325,3 +336,66 @@ def check_answers(
         stats.by_verdict[verdict] = stats.by_verdict.get(verdict, 0) + 1
     stats.seconds += time.perf_counter() - started
     return done  # type: ignore[return-value]
+
+
+def group_equivalent_many(
+    answer_lists: Sequence[Sequence[str | None]],
+    *,
+    timeout_s: float = 5.0,
+    processes: int | None = None,
+    stats: VerifyStats | None = None,
+) -> list[list[list[int]]]:
+    """For each list of answers (one problem's samples), the groups of equal answers.
+
+    A group is a list of indices into that list; groups come in order of first appearance and
+    answers that are None belong to none. Answers with one `answer_key` are one group at once
+    (cheap); then a group joins the earliest group whose first answer math-verify finds equal
+    to its own (earlier answer as gold, as the filter checks against a label), so `0.5`, `1/2`
+    and `\\frac{1}{2}` are one group. `fast_verdict` decides plain numbers without math-verify;
+    the pairs left go through `check_answers` in one batch for all lists.
+    """
+    keyed: list[list[list[int]]] = []
+    for answers in answer_lists:
+        by_key: dict[str, list[int]] = {}
+        for index, answer in enumerate(answers):
+            if answer is not None and answer.strip():
+                by_key.setdefault(answer_key(answer), []).append(index)
+        keyed.append(list(by_key.values()))
+
+    equal: dict[tuple[int, int, int], bool] = {}
+    pending: list[tuple[int, int, int]] = []
+    for list_index, groups in enumerate(keyed):
+        answers = answer_lists[list_index]
+        for j in range(1, len(groups)):
+            for i in range(j):
+                quick = fast_verdict(answers[groups[i][0]], answers[groups[j][0]])  # type: ignore[arg-type]
+                if quick is None:
+                    pending.append((list_index, i, j))
+                else:
+                    equal[(list_index, i, j)] = quick == "correct"
+    verdicts = check_answers(
+        [(answer_lists[li][keyed[li][i][0]], answer_lists[li][keyed[li][j][0]])
+         for li, i, j in pending],
+        timeout_s=timeout_s, processes=processes, stats=stats,
+    ) if pending else []
+    for pair, verdict in zip(pending, verdicts, strict=True):
+        equal[pair] = verdict == "correct"  # a timeout or unparsable pair is not merged
+
+    result = []
+    for list_index, groups in enumerate(keyed):
+        heads: list[int] = []  # key-group index that starts each merged group
+        merged: list[list[int]] = []
+        for j, members in enumerate(groups):
+            target = next((n for n, i in enumerate(heads) if equal[(list_index, i, j)]), None)
+            if target is None:
+                heads.append(j)
+                merged.append(list(members))
+            else:
+                merged[target].extend(members)
+        result.append([sorted(m) for m in merged])
+    return result
+
+
+def group_equivalent(answers: Sequence[str | None], **options: Any) -> list[list[int]]:
+    """The groups of equal answers of one list (see `group_equivalent_many`)."""
+    return group_equivalent_many([answers], **options)[0]
