@@ -6,7 +6,7 @@
     cotdistill student init --teacher MODEL --out DIR --keep-every 2
     cotdistill evaluate --problems data/test.jsonl --model teacher=A --model student=B --out DIR
     cotdistill quantize --model runs/student --scheme w8a8 --out runs/student-w8a8
-    cotdistill run --config configs/demo.yaml
+    cotdistill run --config configs/demo.yaml [--dry-run]
 
 Each stage module exposes a pydantic config and a `run_*` function; flags override keys of the
 `--config` YAML (its stage section if it has one, else its top level). Stage modules keep their
@@ -21,6 +21,7 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cotdistill.config import add_model_flags, load_config
@@ -114,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(
             config_model, args.config, section=command.section or None, overrides=overrides
         )
+        # run is given the YAML file, so errors about its sections name it
+        call = partial(run, config, source=args.config) if args.command_name == "run" \
+            else partial(run, config)
+        if getattr(config, "dry_run", False):
+            call()  # a dry run writes nothing, not even a log file, and loads no engine
+            return 0
         # Engine and library logs go to <out>/logs/<command>.log unless --verbose/COTDISTILL_LOG.
         log_file = log_file_for(getattr(config, "out", None), args.command_name)
         with capture_logs(log_file, terminal_level(args.verbose)):
-            if args.command_name == "run":
-                run(config, source=args.config)  # errors about its sections name the file
-            else:
-                run(config)
+            call()
     except InputError as exc:
         print(f"cotdistill {args.command_name}: error: {exc}", file=sys.stderr)
         return 2

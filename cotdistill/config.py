@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -292,10 +294,76 @@ def add_model_flags(
             parser.add_argument(
                 flag, dest=name, type=kind, default=None, choices=choices, help=help_text
             )
+    doc = model.__dict__.get("__doc__")  # the model's own docstring, not a parent's
+    if doc:
+        parser.description = "\n\n".join(filter(None, (parser.description, _paragraphs(doc))))
     if yaml_only:
         parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + (
             "Set in the --config YAML file only (no flag): " + ", ".join(yaml_only) + "."
-        )
+        ) + "\n\n" + "\n".join(yaml_key_help(model, yaml_only))
+    # The key list above is laid out line by line; the default formatter would run it together.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _paragraphs(text: str, width: int = 88) -> str:
+    """A docstring as wrapped paragraphs (blank lines kept), for help text laid out as is."""
+    blocks = textwrap.dedent(text).strip().split("\n\n")
+    return "\n\n".join(textwrap.fill(" ".join(b.split()), width) for b in blocks)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside `Model`, `Model | None` or `list[Model]`; None for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if arg is not type(None) and (inner := _nested_model(arg)) is not None:
+            return inner
+    return None
+
+
+def yaml_key_help(model: type[BaseModel], names: list[str], prefix: str = "") -> list[str]:
+    """One wrapped `key: description` entry per YAML-only key, nested models' keys too
+    (`refine.filter`, `students[].train`), so `--help` documents every key a file can set."""
+    lines = []
+    for name in names:
+        field = model.model_fields[name]
+        key = prefix + name
+        lines.append(textwrap.fill(f"{key}: {field.description or ''}".strip(), 88,
+                                   initial_indent="  ", subsequent_indent="      "))
+        inner = _nested_model(field.annotation)
+        if inner is not None:
+            sub = "[]." if typing.get_origin(field.annotation) is list else "."
+            lines += yaml_key_help(inner, list(inner.model_fields), key + sub)
+    return lines
+
+
+# Keys whose value is a set of problems that must never be trained on: a nested section (and
+# the run's own wiring) adds to the list it inherits; replacing it would silently drop the
+# evaluation set from a refinement round's decontamination (issue 19).
+ADDED_KEYS = frozenset({"decontaminate"})
+
+
+def overlay(base: Mapping[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:
+    """`keys` over `base` by the rule of nested sections (see PipelineConfig): a key replaces
+    the value it inherits, a list whole; an ADDED_KEYS list is the union of both, in order."""
+    values = {**base, **keys}
+    for key in ADDED_KEYS & keys.keys():
+        values[key] = _union([*_items(base.get(key)), *_items(keys[key])])
+    return values
+
+
+def _items(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _union(items: list[Any]) -> list[Any]:
+    # `x.jsonl` from YAML and Path("x.jsonl") from a validated config are the same entry.
+    seen: dict[str, Any] = {}
+    for item in items:
+        seen.setdefault(str(Path(item)) if isinstance(item, (str, Path)) else repr(item), item)
+    return list(seen.values())
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The whole chain from one YAML file: generate, filter, (student init,) train, evaluate.
 
-    cotdistill run --config configs/demo.yaml [--out runs/demo]
+    cotdistill run --config configs/demo.yaml [--out runs/demo] [--dry-run]
 
 Each section of the file holds the keys of one stage's own config (`generate:` takes
 `cotdistill generate` keys, and so on); `run` fills in the paths that connect the stages, and
 every stage writes a sub-folder of `out`. A stage is skipped when its folder has a manifest
 with the same config and a `pipeline.json` stamp whose input hashes still match; otherwise it
 runs again, and the stages resume themselves (generate keeps finished problems, train continues
-from its last checkpoint). The evaluation problems are also the filter's decontamination set.
+from its last checkpoint). The evaluation problems are in every filter's decontamination set
+(PipelineConfig's docstring has the rule by which sections override). `--dry-run` prints every
+stage's resolved config as JSON lines and runs nothing.
 
 With `control: unfiltered`, a control student is trained exactly like `control_of` but on as
 many traces as the filter kept, drawn at random from all generated traces (contaminated ones
@@ -34,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from cotdistill.config import StrictModel, validate_config
+from cotdistill.config import StrictModel, overlay, validate_config
 from cotdistill.errors import InputError
 from cotdistill.locking import locks_output
 from cotdistill.records import (
@@ -74,13 +76,27 @@ class StudentPlan(StrictModel):
 
 
 class PipelineConfig(StrictModel):
+    """How nested sections override: a key set in a section replaces the value the stage would
+    otherwise get (from the defaults, the shared `engine:` keys, or, for `refine:`'s sections,
+    the run's own section or the refined student's `train:` keys), and a list is replaced whole,
+    never extended: `refine: {generate: {stop: [a]}}` gives the rounds exactly `[a]`. One kind
+    of key is added to instead: `decontaminate`, the problems a filter must never keep. Every
+    filter of a run (the main one and each refinement round's) decontaminates against the
+    run's `eval_problems`, plus the `decontaminate` entries of its own section and of the
+    sections it inherits from; an entry is added, never substituted, so `decontaminate: []`
+    removes nothing. Keys that connect the stages (paths, models, the rounds' `n` and how
+    they read the problems files the run writes) are set by `run` and refused in a section.
+    `cotdistill run --dry-run` prints every stage's resolved config.
+    """
+
     out: Path = Field(Path("runs/demo"), description="Output folder; one sub-folder per stage.")
     teacher: str | None = Field(
         None, description="Teacher model folder or hub id; default: the embedded SmolLM2."
     )
     problems: Path | None = Field(None, description="Training problems the teacher solves.")
     eval_problems: Path | None = Field(
-        None, description="Held-out problems: the evaluation set and the decontamination set."
+        None, description="Held-out problems: the evaluation set, always in the "
+        "decontamination set of every filter of the run (refinement rounds' too)."
     )
     engine: dict[str, Any] = Field(
         default_factory=dict,
@@ -93,8 +109,9 @@ class PipelineConfig(StrictModel):
     )
     filter: dict[str, Any] = Field(
         default_factory=dict,
-        description="`cotdistill filter` keys; traces and out are set by run, and the "
-        "evaluation problems are added to decontaminate.",
+        description="`cotdistill filter` keys; traces and out are set by run. The "
+        "evaluation problems are always added to decontaminate (entries given here are added "
+        "to them, never replace them).",
     )
     students: list[StudentPlan] = Field(
         default_factory=list, description="Students to build and train on the kept traces."
@@ -127,6 +144,11 @@ class PipelineConfig(StrictModel):
         "name, evaluate, refine (the split and every round), a round (`NAME-round-R`), or "
         "all. Each one's old folder is moved aside to "
         "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
+    )
+    dry_run: bool = Field(
+        False, description="Print every planned stage (refinement rounds included), one JSON "
+        "object per line (stage, kind, folder, resolved config, inputs), and run nothing: no "
+        "folder is created, no engine loaded, no server asked.",
     )
 
 
@@ -165,9 +187,10 @@ def _section(
         raise InputError(exc.message, file=exc.file, field=f"{where}.{exc.field}") from exc
 
 
-def _teacher_spec(config: PipelineConfig, source: Any) -> str:
+def _teacher_spec(config: PipelineConfig, source: Any, ask_server: bool = True) -> str:
     """The teacher as evaluate names it: the configured model, else the embedded one; over
-    the openai backend, the model the server serves (the embedded name means nothing there)."""
+    the openai backend, the model the server serves (the embedded name means nothing there),
+    or a placeholder saying so when the server is not to be asked (a dry run)."""
     from cotdistill.config import EngineConfig
 
     if config.teacher:
@@ -175,6 +198,8 @@ def _teacher_spec(config: PipelineConfig, source: Any) -> str:
     values = {**config.engine, **config.evaluate}
     if values.get("backend") != "openai":
         return "embedded"
+    if not ask_server:
+        return "<the model the server serves>"
     from cotdistill.backends.openai_backend import OpenAIBackend
 
     engine = _section(EngineConfig, {k: v for k, v in values.items()
@@ -226,8 +251,10 @@ def _chain_teacher(train: dict[str, Any], models: dict[str, Path], names: list[s
     return train, deps
 
 
-def plan(config: PipelineConfig, source: Any = None) -> Plan:
-    """All stage configs, validated (before any model is loaded), in the order they run."""
+def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) -> Plan:
+    """All stage configs, validated (before any model is loaded), in the order they run.
+
+    Nothing is written; with `ask_server=False` no server is asked which model it serves."""
     from cotdistill.evaluate import EvaluateConfig
     from cotdistill.filter import FilterConfig
     from cotdistill.generate import GenerateConfig
@@ -265,16 +292,16 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
 
     _owned(config.filter, ("traces", "out"), "filter")
     filter_dir = out / "filter"
-    decontaminate = [Path(p) for p in config.filter.get("decontaminate", [])]
-    if Path(config.eval_problems) not in decontaminate:
-        decontaminate.append(Path(config.eval_problems))
+    # The evaluation problems are added by the rule every filter of the run follows (`overlay`).
     filtered = _section(
         FilterConfig,
-        {**config.filter, "traces": [traces], "out": filter_dir, "decontaminate": decontaminate},
+        overlay(config.filter, {"traces": [traces], "out": filter_dir,
+                                "decontaminate": [config.eval_problems]}),
         "filter", source,
     )
     sft = filter_dir / "sft.jsonl"
-    steps.append(Step("filter", "filter", filter_dir, filtered, [traces, *decontaminate]))
+    steps.append(Step("filter", "filter", filter_dir, filtered,
+                      [traces, *filtered.decontaminate]))
 
     names = [s.name for s in config.students]
     if len(set(names)) != len(names):
@@ -365,7 +392,7 @@ def plan(config: PipelineConfig, source: Any = None) -> Plan:
 
     _owned(config.evaluate, ("problems", "model", "out"), "evaluate")
     eval_dir = out / "evaluate"
-    specs = [f"teacher={_teacher_spec(config, source)}"]
+    specs = [f"teacher={_teacher_spec(config, source, ask_server)}"]
     if config.evaluate_bases:
         specs += [f"{name}-base={start}" for name, start in starts.items() if start is not None]
     specs += [f"{name}={path}" for name, path in models.items()]
@@ -587,6 +614,15 @@ def move_aside(the_plan: Plan, fresh: list[str], source: Any = None) -> list[Pat
     return moved
 
 
+def plan_lines(the_plan: Plan) -> list[str]:
+    """One JSON object per stage, in the order they run: what `run --dry-run` prints. The
+    configs are dumped as the manifests store them (server credentials masked)."""
+    return [json.dumps({"stage": step.name, "kind": step.kind, "folder": str(step.out),
+                        "config": step.config.model_dump(mode="json"),
+                        "depends_on": [str(p) for p in step.depends_on]}, ensure_ascii=False)
+            for step in the_plan.steps]
+
+
 @locks_output("run")
 def run_pipeline(
     config: PipelineConfig, stages: Stages | None = None, source: Any = None
@@ -596,7 +632,11 @@ def run_pipeline(
     `source` (the YAML file the config came from) is named in errors about its keys.
     """
     started = time.time()
-    the_plan = plan(config, source)
+    the_plan = plan(config, source, ask_server=not config.dry_run)
+    if config.dry_run:  # the lock is skipped too (`locks_output`): nothing is written
+        for line in plan_lines(the_plan):
+            print(line)
+        return {"dry_run": True, "stages": [s.name for s in the_plan.steps]}
     stages = stages or default_stages()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

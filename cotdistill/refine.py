@@ -15,7 +15,8 @@ student trains on a validation problem. Round r, each step a stage with its own 
             now on, so every round is validated on problems the student never trained on;
   generate  the teacher samples `samples` traces per selected problem (engine seed + r, so the
             draws differ from the first run's);
-  filter    the run's filter on the new traces (the evaluation set still decontaminates);
+  filter    the run's filter on the new traces (the evaluation set always decontaminates:
+            `refine.filter.decontaminate` entries are added to it, never replace it);
   train     continue training the student (from the previous round's weights) on the union of
             everything kept so far.
 
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from cotdistill.config import StrictModel, validate_config
+from cotdistill.config import StrictModel, overlay, validate_config
 from cotdistill.errors import InputError
 from cotdistill.locking import locks_output
 from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
@@ -98,7 +99,9 @@ class RefineConfig(StrictModel):
     )
     filter: dict[str, Any] = Field(
         default_factory=dict, description="`cotdistill filter` keys for the rounds, over the "
-        "run's filter section (e.g. max_per_problem: 4 to keep more traces of hard problems).",
+        "run's filter section (e.g. max_per_problem: 4 to keep more traces of hard problems). "
+        "decontaminate entries are added to the run's (the evaluation problems and the filter "
+        "section's), never replace them.",
     )
     train: dict[str, Any] = Field(
         default_factory=dict, description="`cotdistill train` keys for each round, over the "
@@ -380,12 +383,24 @@ def unless_empty(stage: str, config: Any, run: Callable[[Any], Any]) -> Any:
 # --- the plan: one step per stage of every round -------------------------------------------
 
 
+# The keys of each refine section that `run` sets, refused in the section: the wiring, and how
+# the rounds read the problems files they write (`normalized_fields`).
+SET_BY_RUN: dict[str, tuple[str, ...]] = {
+    "validation": ("problems", "model", "out", "reference", *PROBLEM_KEYS),
+    "generate": ("problems", "out", "teacher", "n", *PROBLEM_KEYS),
+    "filter": ("traces", "out"),
+    "train": ("data", "student", "out"),
+}
+
+
 def _derive(base: M, keys: Mapping[str, Any], fixed: Mapping[str, Any], section: str,
             source: Any) -> M:
-    """A validated stage config with a refine section's keys and the wiring on top. The base's
-    own values are taken as they are (a dump would mask credentials in server URLs)."""
+    """A validated stage config with a refine section's keys and the wiring on top, by the
+    override rule of nested sections (`overlay`: lists replace, decontamination sets add up).
+    The base's own values are taken as they are (a dump would mask credentials in server
+    URLs)."""
     try:
-        return validate_config(type(base), {**dict(base), **keys, **fixed}, source)
+        return validate_config(type(base), overlay(overlay(dict(base), keys), fixed), source)
     except InputError as exc:
         raise InputError(exc.message, file=exc.file, field=f"{section}.{exc.field}") from exc
 
@@ -460,9 +475,7 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
     name = refine.student or names[0]
     if name not in names:
         raise InputError(f"no student named {name!r}", file=source, field="refine.student")
-    for section, owned in (("validation", ("problems", "model", "out", "reference")),
-                           ("generate", ("problems", "out", "teacher", "n")),
-                           ("filter", ("traces", "out")), ("train", ("data", "student", "out"))):
+    for section, owned in SET_BY_RUN.items():
         _owned(getattr(refine, section), owned, f"refine.{section}")
     categories = generate.category_field is not None
     if refine.weak_category_problems and not categories:
@@ -510,8 +523,8 @@ def plan_rounds(config: PipelineConfig, steps: list[Step], models: dict[str, Pat
             raise InputError("samples > 1 needs temperature > 0 (greedy samples are the "
                              "same)", file=source, field="refine.samples")
         kept = _derive(filtered, refine.filter, {
-            "traces": [folder / "generate" / "traces.jsonl"], "out": folder / "filter"},
-            "refine.filter", source)
+            "traces": [folder / "generate" / "traces.jsonl"], "out": folder / "filter",
+            "decontaminate": [config.eval_problems]}, "refine.filter", source)
         data = [*data, folder / "filter" / "sft.jsonl"]
         if topk is not None:
             topk.append(folder / "generate")

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import re
 import time
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel
 
 from cotdistill.errors import InputError
 from cotdistill.pipeline import PipelineConfig, Stages, plan, run_control_data, run_pipeline
 from cotdistill.records import Problem, write_manifest
-from cotdistill.refine import check_held_out, select_round, split_ids
+from cotdistill.refine import PROBLEM_KEYS, SET_BY_RUN, check_held_out, select_round, split_ids
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -397,3 +399,115 @@ def test_fresh_round_reruns_that_round_only(tmp_path: Path) -> None:
         ("evaluate", "validate"), ("generate", "generate"), ("filter", "filter"),
         ("train", "train"))]
     assert len(list(round1.parent.glob("round-1.old-*"))) == 1
+
+
+# --- the override rule of nested sections (PipelineConfig's docstring) -----------------------
+
+
+def _list_fields(model: type[BaseModel]) -> list[str]:
+    """The model's list-valued keys (`list[X]`, `list[X] | str | None`), read off its fields."""
+    def is_list(annotation: Any) -> bool:
+        return typing.get_origin(annotation) is list or any(
+            is_list(a) for a in typing.get_args(annotation))
+    return [name for name, f in model.model_fields.items() if is_list(f.annotation)]
+
+
+def _example(model: type[BaseModel], key: str, tag: str) -> list[Any]:
+    """Two valid items for a list key, different for each `tag` (so replace and merge differ)."""
+    def item_type(annotation: Any) -> Any:
+        if typing.get_origin(annotation) is list:
+            return typing.get_args(annotation)[0]
+        return next(item_type(a) for a in typing.get_args(annotation)
+                    if typing.get_origin(a) is list or typing.get_args(a))
+    kind = item_type(model.model_fields[key].annotation)
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        start = 0 if tag == "run" else 2
+        return [choices[start % len(choices)], choices[(start + 1) % len(choices)]]
+    if kind is Path:
+        return [f"{tag}-{key}-1.jsonl", f"{tag}-{key}-2.jsonl"]
+    if key == "base_url":
+        return [f"http://{tag}-1:8000/v1", f"http://{tag}-2:8000/v1"]
+    assert kind is str, (key, kind)
+    return [f"{tag}_{key}_1", f"{tag}_{key}_2"]
+
+
+def _stage_models() -> dict[str, tuple[str, str, type[BaseModel]]]:
+    from cotdistill.evaluate import EvaluateConfig
+    from cotdistill.filter import FilterConfig
+    from cotdistill.generate import GenerateConfig
+    from cotdistill.train import TrainConfig
+
+    # refine section -> (the run's section it is over, the round's step, its stage config)
+    return {"validation": ("evaluate", "validate", EvaluateConfig),
+            "generate": ("generate", "generate", GenerateConfig),
+            "filter": ("filter", "filter", FilterConfig),
+            "train": ("train", "train", TrainConfig)}
+
+
+OVERRIDES = [(section, key) for section, (_, _, model) in _stage_models().items()
+             for key in _list_fields(model) if key not in SET_BY_RUN[section]]
+
+
+def _as_text(value: Any) -> list[str]:
+    return [str(v) for v in ([value] if isinstance(value, str | Path) else value)]
+
+
+@pytest.mark.parametrize(("section", "key"), OVERRIDES)
+def test_nested_sections_replace_lists_and_add_to_decontamination_sets(
+        tmp_path: Path, section: str, key: str) -> None:
+    """Every list key a refine section can set: the round gets the section's list whole (not
+    the run's plus it), except a decontamination set, which adds up with the evaluation set."""
+    from cotdistill.config import ADDED_KEYS
+
+    outer, step, model = _stage_models()[section]
+    assert ("filter", "decontaminate") in OVERRIDES  # the discovery found the key of issue 19
+    base = refine_config(tmp_path)
+    run_value, round_value = _example(model, key, "run"), _example(model, key, "round")
+    values = base.model_dump()
+    if outer == "train":
+        values["students"][0]["train"][key] = run_value
+    else:
+        values[outer][key] = run_value
+    values["refine"][section] = {key: round_value}
+    steps = {s.name: s for s in plan(PipelineConfig.model_validate(values)).steps}
+    got = _as_text(getattr(steps[f"self-round-1: {step}"].config, key))
+    if key in ADDED_KEYS:
+        assert got == [*run_value, str(base.eval_problems), *round_value]
+    else:
+        assert got == round_value
+
+
+@pytest.mark.parametrize(("main", "rounds"), [
+    (None, None), (None, []), (None, ["extra.jsonl"]), (["mine.jsonl"], []),
+    (["mine.jsonl"], ["extra.jsonl"]),
+])
+def test_every_filter_decontaminates_against_the_evaluation_set(
+        tmp_path: Path, main: list[str] | None, rounds: list[str] | None) -> None:
+    """Issue 19: `refine: {filter: {decontaminate: [...]}}` (or `[]`) replaced the evaluation
+    set in the rounds' filters; user entries are added to it, never substituted."""
+    values = refine_config(tmp_path).model_dump()
+    if main is not None:
+        values["filter"] = {"decontaminate": main}
+    if rounds is not None:
+        values["refine"]["filter"] = {"decontaminate": rounds}
+    config = PipelineConfig.model_validate(values)
+    filters = [s for s in plan(config).steps if s.kind in ("filter", "refine_filter")]
+    assert [s.name for s in filters] == ["filter", "self-round-1: filter", "self-round-2: filter"]
+    for step in filters:
+        sets = step.config.decontaminate  # type: ignore[attr-defined]
+        assert config.eval_problems in sets
+        assert {Path(p) for p in main or []} <= set(sets)
+        assert config.eval_problems in step.depends_on  # a changed evaluation set refilters
+        if step.kind == "refine_filter":
+            assert {Path(p) for p in rounds or []} <= set(sets)
+
+
+@pytest.mark.parametrize("key", [k for k in SET_BY_RUN["validation"] if k in PROBLEM_KEYS])
+def test_a_round_refuses_keys_that_read_the_problems_the_run_wrote(
+        tmp_path: Path, key: str) -> None:
+    """The run writes the rounds' problems files in one form: a section that would read them
+    otherwise is refused, not silently overridden."""
+    with pytest.raises(InputError) as info:
+        plan(refine_config(tmp_path, validation={key: None}))
+    assert info.value.field == f"refine.validation.{key}"
