@@ -24,7 +24,6 @@ import heapq
 import json
 import math
 import os
-import re
 import sys
 import time
 import zlib
@@ -44,9 +43,16 @@ from cotdistill.executors.slurm import resolve_shard
 from cotdistill.locking import locks_output
 from cotdistill.problems import AnswerFormat, in_shard, parse_shard
 from cotdistill.progress import progress_bar
-from cotdistill.reasoning import Markers, join_reasoning, sft_reasoning, trace_reasoning
+from cotdistill.reasoning import (
+    Markers,
+    join_reasoning,
+    sft_reasoning,
+    template_opening,
+    thinking_evidence,
+    trace_reasoning,
+)
 from cotdistill.records import Trace, dump_line, sha256_file, write_manifest
-from cotdistill.textstats import ngrams, repeat_share
+from cotdistill.textstats import ngrams, repeat_share, units, words
 from cotdistill.traces_in import (
     ReadStats,
     TraceFields,
@@ -133,8 +139,9 @@ class FilterConfig(StrictModel):
     decontaminate_ngram: int = Field(
         13,
         ge=3,
-        description="Words in a shared n-gram that counts as contamination; an evaluation "
-        "question shorter than this must appear whole.",
+        description="Words in a shared n-gram that counts as contamination (characters in "
+        "scripts written without spaces: Chinese, Japanese, Thai...); an evaluation question "
+        "shorter than this must appear whole.",
     )
     fallback_last_number: bool = FALLBACK_LAST_NUMBER
     require_correct: bool = Field(
@@ -178,6 +185,21 @@ class FilterConfig(StrictModel):
     think_end: str = ThinkConfig.model_fields["think_end"]
     drop_unfinished_thinking: bool = Field(
         True, description="Reject traces that stopped inside the thinking (reasoning teachers)."
+    )
+    think_in_prompt: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Did the prompt open the thinking (R1-distill templates end it with the "
+        "start marker)? Then a trace with no end marker stopped inside its thinking and is "
+        "rejected as unfinished_thinking. For traces that do not store their split (other "
+        "tools', older ones). auto: render think_template's chat template (or the traces' "
+        "teacher when it is a local model folder); else read it from the teacher's other "
+        "traces (one that closes a thinking it never opened); the report says when nothing "
+        "tells.",
+    )
+    think_template: str | None = Field(
+        None,
+        description="Model folder or already downloaded hub id whose chat template rendered "
+        "the traces' prompts (for think_in_prompt auto).",
     )
     require_final_answer: bool = Field(
         True, description="Reject traces whose thinking finished with nothing after it."
@@ -241,16 +263,18 @@ class FilterConfig(StrictModel):
 # Pure checks
 
 
-def words_of(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+# Decontamination matches words of any script (cotdistill/textstats.py), not just ASCII.
+words_of = words
 
 
 def text_sketch(text: str, size: int = SKETCH_SIZE) -> bytes:
-    """Bottom-k MinHash of the word 3-grams: a few hundred bytes, whatever the text length."""
-    words = text.lower().split()
+    """Bottom-k MinHash of the 3-grams of `units` (words; characters in scripts without
+    spaces, so two Chinese traces are compared by their text, not as one giant word each):
+    a few hundred bytes, whatever the text length."""
+    pieces = units(text.casefold())
     # crc32, not hash(): str hashes change between processes, and runs must be reproducible.
-    grams = {zlib.crc32(" ".join(g).encode()) for g in ngrams(words, 3)}
-    grams = grams or {zlib.crc32(" ".join(words).encode())}
+    grams = {zlib.crc32(" ".join(g).encode()) for g in ngrams(pieces, 3)}
+    grams = grams or {zlib.crc32(" ".join(pieces).encode())}
     return array("q", sorted(heapq.nsmallest(size, grams))).tobytes()
 
 
@@ -264,7 +288,10 @@ def similarity(a: bytes, b: bytes, size: int = SKETCH_SIZE) -> float:
 
 
 class Contamination:
-    """Word n-gram index of evaluation questions: `index(question)` is True on a leak."""
+    """Word n-gram index of evaluation questions: `index(question)` is True on a leak.
+
+    Words of any script (`textstats.words`); in Chinese, Japanese, Thai... a "word" is one
+    character, so a question copied verbatim shares its character n-grams."""
 
     def __init__(self, questions: Iterable[str], n: int) -> None:
         self.grams: dict[int, set[tuple[str, ...]]] = defaultdict(set)
@@ -279,6 +306,127 @@ class Contamination:
         return any(
             gram in grams for size, grams in self.grams.items() for gram in ngrams(words, size)
         )
+
+
+@dataclass
+class PromptOpening:
+    """Whether the prompt opened the thinking, per teacher, for traces that do not store their
+    split (other tools' traces, older ones); cotdistill's own traces say it themselves.
+
+    It matters only for a trace with no markers at all: with an opened prompt it was cut
+    inside its thinking (unfinished_thinking), otherwise it has no thinking. auto decides from
+    the chat template when one can be rendered, else from the teacher's other traces: a
+    trace that closes a thinking it never opened means the prompt opened it.
+    """
+
+    setting: Literal["auto", "yes", "no"] = "auto"
+    markers: Markers = field(default_factory=Markers)
+    template: bool | None = None  # what think_template's chat template says
+    # Per teacher: traces that opened their thinking themselves ("text") or did not ("prompt").
+    evidence: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    # Per teacher: traces without markers read while nothing told (read as without thinking).
+    unsure: Counter[str] = field(default_factory=Counter)
+    frozen: bool = False  # evidence complete (a second reading must not count it again)
+    notes: list[str] = field(default_factory=list)
+    _folders: dict[str, bool | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: FilterConfig) -> PromptOpening:
+        markers = Markers(config.think_start, config.think_end)
+        opening = cls(config.think_in_prompt, markers)
+        if config.think_in_prompt == "auto" and config.think_template:
+            opening.template = _render_template(config.think_template, markers)
+            if opening.template is None:
+                opening.notes.append(
+                    f"think_template {config.think_template!r} could not be rendered (not a "
+                    "model folder or cached hub id with a chat template): whether the prompt "
+                    "opened the thinking is read from the traces instead")
+        return opening
+
+    def observe(self, trace: Trace) -> None:
+        """Count what this trace says about its teacher's prompt."""
+        if self.setting != "auto" or self.frozen or _self_described(trace):
+            return
+        seen = thinking_evidence(trace.completion, self.markers)
+        if seen is not None:
+            self.evidence[_group(trace)][seen] += 1
+
+    def opened(self, trace: Trace) -> bool:
+        """`opened` for `trace_reasoning` of this trace."""
+        if _self_described(trace):
+            return False
+        if self.setting != "auto":
+            return self.setting == "yes"
+        if thinking_evidence(trace.completion, self.markers) is not None:
+            return False  # its own markers say where the thinking is
+        group = _group(trace)
+        decision = self.decide(group)
+        if decision is None:
+            self.unsure[group] += 1
+        return bool(decision)
+
+    def decide(self, group: str) -> bool | None:
+        if self.template is not None:
+            return self.template
+        if group not in self._folders:  # once per teacher, not once per trace
+            # A teacher named by a local model folder: its own template tells.
+            self._folders[group] = (_render_template(group, self.markers)
+                                    if Path(group).is_dir() else None)
+        if self._folders[group] is not None:
+            return self._folders[group]
+        seen = self.evidence.get(group, Counter())
+        if seen["prompt"] and not seen["text"]:
+            return True
+        if seen["text"] and not seen["prompt"]:
+            return False
+        return None  # no marker anywhere, or both kinds: cannot tell
+
+    def stale(self) -> bool:
+        """Some traces were read as without thinking before their teacher's other traces
+        showed that the prompt opened it: they must be read again."""
+        return any(self.decide(group) for group in self.unsure)
+
+    def restart(self) -> None:
+        self.frozen = True
+        self.unsure.clear()
+
+    def report(self) -> dict[str, Any]:
+        groups = sorted(set(self.evidence) | set(self.unsure))
+        return {"setting": self.setting, "template": self.template,
+                "by_teacher": {g: self.decide(g) for g in groups} if self.setting == "auto"
+                else {}}
+
+    def cannot_tell(self) -> list[str]:
+        """One sentence per teacher whose traces without markers could be either."""
+        notes = list(self.notes)
+        for group, count in sorted(self.unsure.items()):
+            if self.decide(group) is None:
+                notes.append(
+                    f"{count} traces of {group} have no thinking markers and nothing tells "
+                    "whether their prompt opened the thinking (no think_template, and its "
+                    "traces do not show it): they were read as having no thinking; if their "
+                    "chat template opened it (R1 distills), set think_in_prompt: yes and "
+                    "those cut inside it are rejected as unfinished_thinking (no: silences "
+                    "this)")
+        return notes
+
+
+def _self_described(trace: Trace) -> bool:
+    """cotdistill's generate decided with the template in hand: it stored the split of a
+    reasoning trace, and its prompt hash marks a trace it wrote (no split: no thinking)."""
+    return trace.answer_text is not None or trace.prompt_hash is not None
+
+
+def _group(trace: Trace) -> str:
+    """Traces that share a prompt format: one teacher's, else one file's."""
+    source = getattr(trace, "source", None)
+    file = source.rsplit(":", 1)[0] if isinstance(source, str) and source else "unknown"
+    return trace.teacher or file
+
+
+def _render_template(model: str, markers: Markers) -> bool | None:
+    return template_opening(model, [{"role": "user", "content": "1 + 1"}], markers,
+                            local_only=True)
 
 
 @dataclass(slots=True)
@@ -306,6 +454,9 @@ class Summary:
     reasoning_tokens: int | None = None
     answer_tokens: int | None = None
     finished_thinking: bool | None = None
+    # Problems labelled by majority: votes for the label, and traces that voted.
+    votes: int | None = None
+    voters: int | None = None
 
 
 def confidence(trace: Trace) -> tuple[float | None, float | None]:
@@ -319,15 +470,17 @@ def confidence(trace: Trace) -> tuple[float | None, float | None]:
 
 
 def summarize(
-    trace: Trace, config: FilterConfig, contaminated: Callable[[str], bool] | None = None
+    trace: Trace, config: FilterConfig, contaminated: Callable[[str], bool] | None = None,
+    opened: bool = False,
 ) -> Summary:
     """Extract the answer and run the checks that need only this trace.
 
     A reasoning teacher's answer is read from what follows its thinking only (an answer tried
-    and abandoned inside the thinking is not one), unless `answer_from_reasoning`.
+    and abandoned inside the thinking is not one), unless `answer_from_reasoning`. `opened`:
+    the prompt opened the thinking (`PromptOpening`), for traces that do not store their split.
     """
     mean, low = confidence(trace)
-    view = trace_reasoning(trace, Markers(config.think_start, config.think_end))
+    view = trace_reasoning(trace, Markers(config.think_start, config.think_end), opened)
     predicted = extract_answer(view.answer_text, config.fallback_last_number)
     if predicted is None and config.answer_from_reasoning and view.reasoning:
         predicted = extract_answer(view.reasoning[-REASONING_TAIL:], config.fallback_last_number)
@@ -407,6 +560,8 @@ def check_logprobs_present(
 def _majority(keys: list[str | None]) -> tuple[str | None, float]:
     """(majority answer key, agreement) over the samples of one problem.
 
+    `keys` are the answers of the samples that passed the early checks (the caller leaves out
+    truncated, looping, contaminated... samples: their last number is no answer).
     Agreement is the share of samples that give the most common answer (samples with no answer
     count in the denominator, not as votes). The majority answer is None unless at least 2
     samples give it, at least half of all samples give it, and no other answer is given as
@@ -475,11 +630,14 @@ def decide(
     # Self-consistency, and majority labels for problems without gold.
     majority_key: dict[str, str | None] = {}
     for problem, members in by_problem.items():
+        # Only traces that passed the early checks vote: three truncated traces ending
+        # `12 12 12` must not outvote the one that finished with \boxed{7}.
+        voters = [i for i in members if not summaries[i].early]
         # Answers math-verify found equal to the gold form one group, whatever their spelling.
         keys = [GOLD_KEY if summaries[i].verdict == "correct" else summaries[i].key
-                for i in members]
+                for i in voters]
         best, agreement = _majority(keys)
-        several = len(members) >= 2
+        several = len(voters) >= 2
         for i in members:
             summaries[i].agreement = agreement if several else None
         gold = summaries[members[0]].gold
@@ -487,6 +645,8 @@ def decide(
         # is rejected below as low_agreement, which says more than no_label would.
         if gold is None and config.use_majority_when_no_gold and best is not None:
             majority_key[problem] = best
+            for i in members:
+                summaries[i].votes, summaries[i].voters = keys.count(best), len(voters)
 
     for s in summaries:
         if s.problem_id is None:
@@ -564,6 +724,9 @@ def annotate(data: dict[str, Any], s: Summary) -> dict[str, Any]:
         "mean_prob": _prob(s.mean_logprob),
         "min_prob": _prob(s.min_logprob),
         "agreement": s.agreement,
+        # A majority label: how many votes it had among the traces that voted.
+        "label_votes": s.votes,
+        "voters": s.voters,
         "reasons": list(s.reasons),
     }
 
@@ -665,6 +828,7 @@ def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None)
         Counter(s.problem_id for s in valid if not s.reasons).values()
     )
     return {
+        "majority_votes": majority_votes(valid),
         "funnel": funnel(summaries),
         "problems": len(problems),
         "problems_with_gold": len(with_gold),
@@ -684,6 +848,23 @@ def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None)
             "workers_killed": stats.workers_killed, "seconds": round(stats.seconds, 3),
         },
     }
+
+
+def majority_votes(summaries: Sequence[Summary]) -> dict[str, Any]:
+    """How many votes each majority label had ("votes/voters": problems), and how many traces
+    of problems without gold did not vote (set aside by an early check)."""
+    labels: dict[str, str] = {}
+    not_voting = 0
+    for s in summaries:
+        if s.gold is None and s.early:
+            not_voting += 1
+        if s.votes is not None and s.problem_id is not None:
+            labels[s.problem_id] = f"{s.votes}/{s.voters}"
+    counts = Counter(labels.values())
+    return {"problems": len(labels),
+            "votes": dict(sorted(counts.items(), key=lambda kv: tuple(
+                int(x) for x in kv[0].split("/")))),
+            "traces_not_voting": not_voting}
 
 
 def reasoning_report(summaries: Sequence[Summary]) -> dict[str, Any] | None:
@@ -833,8 +1014,20 @@ def report_markdown(
             parts.append(f"| {name} | 0 | | | | |")
     if plot:
         parts += ["", f"![confidence]({plot})"]
+    parts += _votes_markdown(report)
     parts += _reasoning_markdown(report, reasoning_plot)
     return "\n".join(parts) + "\n"
+
+
+def _votes_markdown(report: dict[str, Any]) -> list[str]:
+    v = report.get("majority_votes")
+    if not v or not v["problems"]:
+        return []
+    return ["", "## Majority labels (problems without gold)", "",
+            f"{v['problems']} problems labelled by majority vote; "
+            f"{v['traces_not_voting']} traces did not vote (rejected by an early check).", "",
+            "| votes for the label / traces voting | problems |", "|---|---:|",
+            *(f"| {k} | {n} |" for k, n in v["votes"].items())]
 
 
 def plot_confidence(summaries: Sequence[Summary], path: Path) -> bool:
@@ -860,7 +1053,11 @@ def filter_traces(
     questions = list(eval_questions)
     index = Contamination(questions, config.decontaminate_ngram) if questions else None
     traces = list(traces)
-    summaries = [summarize(t, config, index) for t in traces]
+    opening = PromptOpening.of(config)
+    for t in traces:
+        opening.observe(t)
+    opening.restart()
+    summaries = [summarize(t, config, index, opening.opened(t)) for t in traces]
     for s in summaries:
         check_logprobs_present(s, config)
     stats = VerifyStats()
@@ -869,7 +1066,10 @@ def filter_traces(
     for trace, s in zip(traces, summaries, strict=True):
         row = annotate(trace.model_dump(mode="json"), s)
         (rejected if s.reasons else kept).append(row)
-    return kept, rejected, build_report(summaries, stats)
+    report = build_report(summaries, stats)
+    report["thinking_opened_in_prompt"] = opening.report()
+    report["checks_not_run"] = opening.cannot_tell()
+    return kept, rejected, report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,6 +1084,7 @@ def trace_fields(config: FilterConfig) -> TraceFields:
         id=tuple(config.id_field),
         answer_format=config.answer_format,
         qualify_ids=config.qualify_ids,
+        markers=Markers(config.think_start, config.think_end),
     )
 
 
@@ -932,12 +1133,15 @@ def check_lengths_present(
 
 
 def first_pass(
-    config: FilterConfig, index: Contamination | None, stats: ReadStats | None = None
+    config: FilterConfig, index: Contamination | None, stats: ReadStats | None = None,
+    opening: PromptOpening | None = None,
 ) -> list[Summary]:
     """Read every trace once, keeping only its summary; bad input stops here, before writing.
 
-    `stats` (if given) counts the traces that lack what some checks need.
+    `stats` (if given) counts the traces that lack what some checks need; `opening` learns
+    from the traces whether their prompt opened the thinking (see `PromptOpening`).
     """
+    opening = PromptOpening.of(config) if opening is None else opening
     summaries: list[Summary] = []
     contaminated: dict[str, bool] = {}
 
@@ -956,7 +1160,9 @@ def first_pass(
                     raise item.error  # type: ignore[misc]
                 summaries.append(invalid_summary(str(item.error)))
                 continue
-            summary = summarize(item.trace, config, leak if index is not None else None)
+            opening.observe(item.trace)
+            summary = summarize(item.trace, config, leak if index is not None else None,
+                                opening.opened(item.trace))
             check_logprobs_present(summary, config, item.path, item.line)
             check_lengths_present(item.trace, config, item.path, item.line)
             summaries.append(summary)
@@ -1024,7 +1230,14 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     _check_inputs(config)
     index = load_contamination(config)
     read_stats = ReadStats()
-    summaries = first_pass(config, index, read_stats)
+    opening = PromptOpening.of(config)
+    summaries = first_pass(config, index, read_stats, opening)
+    if opening.stale():
+        # Traces without markers came before the ones showing that their prompt opened the
+        # thinking: read once more, now knowing (rare: one extra pass over R1-style traces).
+        opening.restart()
+        read_stats = ReadStats()
+        summaries = first_pass(config, index, read_stats, opening)
     stats = VerifyStats()
     need = sum(1 for s in summaries if s.gold is not None and s.predicted is not None)
     bar = progress_bar(need, "filter: verify", unit="trace", leave=False)
@@ -1034,7 +1247,8 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
         bar.close()
     report = build_report(summaries, stats)
     # Traces from other tools lack some fields: say once which checks could not run.
-    report["checks_not_run"] = checks_not_run(read_stats)
+    report["checks_not_run"] = checks_not_run(read_stats) + opening.cannot_tell()
+    report["thinking_opened_in_prompt"] = opening.report()
     report["traces_from_other_tools"] = read_stats.foreign
     for note in report["checks_not_run"]:
         print(f"filter: {note}")
@@ -1221,6 +1435,14 @@ def _add(a: Any, b: Any) -> Any:
     return a
 
 
+def _merge_votes(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"problems": 0, "votes": {}, "traces_not_voting": 0}
+    for part in parts:
+        if part:  # reports of older shards have none
+            merged = _add(merged, part)
+    return merged
+
+
 def merge_reports(reports: Sequence[dict[str, Any]], rows: Sequence[dict]) -> dict[str, Any]:
     """One report for the union of disjoint shards: counts added up, shares and quantiles
     computed again over all traces."""
@@ -1275,6 +1497,7 @@ def merge_reports(reports: Sequence[dict[str, Any]], rows: Sequence[dict]) -> di
         "problems": problems,
         "problems_with_gold": sum(r["problems_with_gold"] for r in reports),
         "majority_labelled_traces": sum(r["majority_labelled_traces"] for r in reports),
+        "majority_votes": _merge_votes([r.get("majority_votes") for r in reports]),
         "coverage": {"problems_with_kept_trace": covered,
                      "share": round(covered / problems, 4) if problems else None},
         "teacher_accuracy": accuracy,

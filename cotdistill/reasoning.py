@@ -150,6 +150,17 @@ def trace_reasoning(
     return TraceReasoning(split.reasoning, split.answer_text, split.finished_thinking, *tokens)
 
 
+def thinking_evidence(text: str, markers: Markers = DEFAULT_MARKERS) -> str | None:
+    """Who opened the thinking of a completion: "text" when it opens it itself (start marker
+    first), "prompt" when it closes a thinking it never opened (the chat template had opened
+    it: R1 distills), None when it has no markers (no thinking, or cut before closing one the
+    prompt opened: the text alone cannot tell)."""
+    start, end = text.find(markers.start), text.find(markers.end)
+    if start >= 0 and (end < 0 or start < end):
+        return "text"
+    return "prompt" if end >= 0 else None
+
+
 def prompt_opens_thinking(rendered_prompt: str, markers: Markers = DEFAULT_MARKERS) -> bool:
     """True when a rendered generation prompt ends inside the thinking (R1-distill templates)."""
     tail = rendered_prompt.rstrip()
@@ -216,14 +227,31 @@ def template_opens_thinking(
     """Render `messages` as a generation prompt with the model's own chat template; True when
     it ends inside the thinking. A model folder without a usable template says False (the
     engine reports that problem itself)."""
+    return template_opening(model, messages, markers, enable_thinking, trust_remote_code) is True
+
+
+def template_opening(
+    model: str,
+    messages: list[dict[str, str]],
+    markers: Markers = DEFAULT_MARKERS,
+    enable_thinking: bool | None = None,
+    trust_remote_code: bool = False,
+    local_only: bool = False,
+) -> bool | None:
+    """`template_opens_thinking`, or None when the template cannot be rendered (no such model,
+    no chat template), for callers that must say they could not tell. `local_only`: never
+    download (the filter reads traces offline; a hub id is used only if already cached)."""
     from transformers import AutoTokenizer
 
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model, trust_remote_code=trust_remote_code, local_files_only=local_only)
         rendered = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **extra
         )
     except (OSError, ValueError):
-        return False
-    return isinstance(rendered, str) and prompt_opens_thinking(rendered, markers)
+        return None
+    if not isinstance(rendered, str):
+        return None
+    return prompt_opens_thinking(rendered, markers)

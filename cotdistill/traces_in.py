@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from cotdistill.answers import extract_gold
 from cotdistill.errors import InputError
 from cotdistill.problems import AnswerFormat, question_id
+from cotdistill.reasoning import DEFAULT_MARKERS, Markers, join_reasoning, split_reasoning
 from cotdistill.records import Message, Trace, dump_line, parse_json_object
 
 COMPLETION_FIELDS = ("completion", "generation", "response", "output", "generations")
@@ -59,6 +60,7 @@ class TraceFields:
     id: tuple[str, ...] = ("problem_id", "id")
     answer_format: AnswerFormat = "auto"
     qualify_ids: bool = False
+    markers: Markers = DEFAULT_MARKERS  # where thinking returned apart is put back
 
 
 @dataclass
@@ -129,11 +131,23 @@ def is_native(data: dict[str, Any]) -> bool:
     return "problem_id" in data and "sample_index" in data
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _first(data: dict[str, Any], names: Sequence[str]) -> tuple[str | None, Any]:
+    """The first candidate field with a value. An empty cell (`""`, blanks) falls through to
+    the next candidate, as a missing one does: `gold_answer: ""` beside a `solution` must not
+    make the gold None. Only when every candidate is empty is the first empty one returned,
+    so the caller can say what is wrong with it."""
+    empty: tuple[str | None, Any] = (None, None)
     for name in names:
-        if data.get(name) is not None:
-            return name, data[name]
-    return None, None
+        value = data.get(name)
+        if not _blank(value):
+            return name, value
+        if value is not None and empty[0] is None:
+            empty = (name, value)
+    return empty
 
 
 def _messages(turns: list[Any], path: Path, line: int) -> list[Message]:
@@ -158,6 +172,30 @@ def _conversation(
                          file=path, line=line, field="messages")
     users = [m.content for m in messages[:-1] if m.role == "user"]
     return messages[:-1], (users[-1] if users else None), messages[-1].content
+
+
+# Where a record keeps thinking returned apart from the answer: beside a completion field
+# (datasets dumped from DeepSeek / vLLM), or in the assistant turn (newer servers: `reasoning`;
+# a record's top-level `reasoning` may be cotdistill's own split field, so it is not read).
+THINKING_BESIDE = ("reasoning_content",)
+THINKING_IN_TURN = ("reasoning_content", "reasoning")
+
+
+def _with_thinking(
+    holder: dict[str, Any], completion: str, keys: Sequence[str], markers: Markers,
+    finish_reason: Any = None,
+) -> str:
+    """`completion` with the thinking `holder` keeps apart put back inside markers before the
+    answer, as generate does (`reasoning.join_reasoning`); as it is when there is none or the
+    completion already holds it (a `records.Message` folds its turn's thinking itself)."""
+    _, reasoning = _first(holder, keys)
+    if not isinstance(reasoning, str) or _blank(reasoning):
+        return completion
+    if split_reasoning(completion, markers).reasoning is not None:
+        return completion  # already whole: the thinking is in it
+    # An empty answer from a run cut at the token limit: it stopped inside the thinking.
+    finished = bool(completion.strip()) or finish_reason != "length"
+    return join_reasoning(reasoning.strip(), completion.strip(), markers, finished)
 
 
 def _per_sample(value: Any, count: int) -> list[Any]:
@@ -202,6 +240,13 @@ def foreign_traces(
             "ending with the assistant's turn)", file=path, line=line,
             field=fields.completion[0],
         )
+    if c_name == "messages":
+        turn = data["messages"][-1]
+        completion = _with_thinking(turn if isinstance(turn, dict) else {}, completion,
+                                    THINKING_IN_TURN, fields.markers, data.get("finish_reason"))
+    elif isinstance(completion, str):
+        completion = _with_thinking(data, completion, THINKING_BESIDE, fields.markers,
+                                    data.get("finish_reason"))
     completions = completion if isinstance(completion, list) else [completion]
     if not completions or not all(isinstance(c, str) for c in completions):
         raise InputError("completion must be text or a non-empty list of texts", file=path,

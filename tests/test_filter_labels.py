@@ -148,3 +148,67 @@ def test_traces_file_that_shrinks_between_the_passes_is_a_clear_error(
     monkeypatch.setattr(filter_module, "decide", decide_then_truncate)
     with pytest.raises(InputError, match="changed while filtering; run again"):
         run_filter(FilterConfig(traces=[path], out=tmp_path / "out"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Only traces that pass the early checks vote (issue 19, item 4)
+
+# (early check, a trace that fails it and ends with the answer 12, config)
+NON_VOTERS = {
+    "truncated": (lambda i: trace("p1", i, "so far 12 12 12", gold=None, finish="length"), {}),
+    "repetition": (lambda i: trace("p1", i, "again " * 40 + "\\boxed{12}", gold=None), {}),
+    "unfinished_thinking": (
+        lambda i: trace("p1", i, "<think>\nmaybe it is 12, or 12", gold=None),
+        {"answer_from_reasoning": True}),
+    "too_long": (lambda i: trace("p1", i, "long " * 30 + "\\boxed{12}", gold=None, tokens=99),
+                 {"max_tokens": 50}),
+}
+
+
+@pytest.mark.parametrize("check", sorted(NON_VOTERS))
+def test_rejected_traces_do_not_vote_for_the_majority_label(check: str) -> None:
+    make, config = NON_VOTERS[check]
+    losers = [make(i) for i in range(3)]
+    winners = [trace("p1", 3 + i, f"attempt {i}: \\boxed{{7}}", gold=None) for i in range(2)]
+    rows = outcome([*losers, *winners], **config)
+    # Three rejected traces said 12; they must not outvote the two finished ones saying 7.
+    assert [rows[i]["reasons"][0] for i in range(3)] == [check] * 3
+    assert [rows[i]["reasons"] for i in (3, 4)] == [[], []]
+    assert rows[3]["label"] == "majority" and rows[3]["correct"] is True
+    assert rows[3]["label_votes"] == 2 and rows[3]["voters"] == 2
+
+
+def test_a_rejected_majority_leaves_one_voter_and_no_label() -> None:
+    truncated = [trace("p1", i, "so 12 12 12", gold=None, finish="length") for i in range(3)]
+    rows = outcome([*truncated, trace("p1", 3, "so \\boxed{7}", gold=None)])
+    assert rows[3]["reasons"] == ["no_label"]  # not "wrong" against a label of 12
+    assert rows[3]["label"] is None
+
+
+def test_contaminated_traces_do_not_vote() -> None:
+    question = "Problem p1: what is the number?"
+    leaked = [trace("p1", i, "\\boxed{12}", gold=None, question=question) for i in range(3)]
+    kept, rejected, _ = filter_traces(
+        [*leaked, trace("p1", 3, "\\boxed{7}", gold=None, question=question)],
+        FilterConfig(dedup="off"), eval_questions=[question])
+    # Every sample of a leaked problem is contaminated: nobody votes, nothing is labelled 12.
+    assert all(r["reasons"][0] == "contaminated" for r in rejected) and not kept
+    assert all(r["label"] is None and r["label_votes"] is None for r in rejected)
+
+
+def test_report_counts_the_votes_of_each_majority_label(tmp_path: Path) -> None:
+    traces = [
+        *(trace("p1", i, "so 12 12 12", gold=None, finish="length") for i in range(2)),
+        *(trace("p1", 2 + i, f"try {i}: \\boxed{{7}}", gold=None) for i in range(3)),
+        trace("p1", 5, "try: \\boxed{8}", gold=None),
+        *(trace("p2", i, f"go {i}: \\boxed{{3}}", gold=None) for i in range(2)),
+    ]
+    _, _, report = filter_traces(traces, FilterConfig(dedup="off"))
+    assert report["majority_votes"] == {
+        "problems": 2, "votes": {"2/2": 1, "3/4": 1}, "traces_not_voting": 2}
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write_traces(tmp_path / "t.jsonl", traces)], out=out,
+                            dedup="off"))
+    written = json.loads((out / "report.json").read_text())
+    assert written["majority_votes"] == report["majority_votes"]
+    assert "| 3/4 | 1 |" in (out / "report.md").read_text()

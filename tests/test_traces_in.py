@@ -267,3 +267,161 @@ def test_a_completion_beside_its_prompt_messages_keeps_the_prompt(tmp_path: Path
     run_filter(FilterConfig(traces=[path], out=out))
     assert rows_of(out / "sft.jsonl")[0]["messages"] == [
         *prompt, {"role": "assistant", "content": "So \\boxed{5}."}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Thinking returned apart (`reasoning_content`) is carried into the trace and sft (issue 19, 2)
+
+THOUGHT = "Two plus three: count up from two, three steps, reaching five."
+APART = [
+    ("turn reasoning_content", {"messages": [
+        {"role": "user", "content": ADD},
+        {"role": "assistant", "reasoning_content": THOUGHT, "content": "The answer is \\boxed{5}."},
+    ], "answer": "5"}),
+    ("turn reasoning", {"messages": [
+        {"role": "user", "content": ADD},
+        {"role": "assistant", "reasoning": THOUGHT, "content": "The answer is \\boxed{5}."},
+    ], "answer": "5"}),
+    ("beside the completion", {"question": ADD, "answer": "5", "reasoning_content": THOUGHT,
+                               "response": "The answer is \\boxed{5}."}),
+]
+
+
+@pytest.mark.parametrize("row", [r for _, r in APART], ids=[n for n, _ in APART])
+def test_reasoning_content_is_kept_as_thinking_in_traces_and_sft(
+    tmp_path: Path, row: dict[str, Any]
+) -> None:
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write(tmp_path / "r1.jsonl", [row])], out=out))
+    whole = f"<think>\n{THOUGHT}\n</think>\n\nThe answer is \\boxed{{5}}."
+    (kept,) = rows_of(out / "kept.jsonl")
+    assert kept["completion"] == whole
+    (sft,) = rows_of(out / "sft.jsonl")
+    assert sft["messages"][-1] == {"role": "assistant", "content": whole}
+    assert sft["reasoning"] == THOUGHT
+    report = json.loads((out / "report.json").read_text())
+    assert report["reasoning"]["traces_with_thinking"] == 1
+
+
+def test_reasoning_content_with_no_answer_at_the_token_limit_is_unfinished(
+    tmp_path: Path
+) -> None:
+    row = {"question": ADD, "answer": "5", "reasoning_content": "Counting: 2, 3, 4, 5",
+           "response": "", "finish_reason": "length"}
+    (item,) = read_traces([write(tmp_path / "r1.jsonl", [row])])
+    assert item.trace.completion == "<think>\nCounting: 2, 3, 4, 5"
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write(tmp_path / "r1.jsonl", [row])], out=out))
+    assert outcome(out)[(question_id(ADD), 0)][0] == "unfinished_thinking"
+
+
+# ---------------------------------------------------------------------------------------------
+# An empty cell falls through to the next candidate field (issue 19, item 10)
+
+
+@pytest.mark.parametrize(
+    ("row", "gold", "problem_id"),
+    [
+        ({"gold_answer": "", "answer": "5"}, "5", None),
+        ({"gold_answer": "  ", "solution": "Two and three: \\boxed{5}."}, "5", None),
+        ({"gold_answer": "", "answer": "", "solution": "So \\boxed{5}."}, "5", None),
+        ({"gold_answer": "", "answer": ""}, None, None),  # every candidate empty: no gold
+        ({"problem_id": "", "id": "add", "answer": "5"}, "5", "add"),
+    ],
+)
+def test_empty_gold_answer_falls_through_to_the_next_field(
+    tmp_path: Path, row: dict[str, Any], gold: str | None, problem_id: str | None
+) -> None:
+    record = {"question": ADD, "completion": "So \\boxed{5}.", **row}
+    (item,) = read_traces([write(tmp_path / "t.jsonl", [record])])
+    assert item.trace.gold_answer == gold
+    assert item.trace.problem_id == (problem_id or question_id(ADD))
+
+
+def test_empty_question_beside_a_filled_one_and_alone(tmp_path: Path) -> None:
+    (item,) = read_traces([write(tmp_path / "a.jsonl", [
+        {"question": "", "problem": ADD, "completion": "So \\boxed{5}."}])])
+    assert item.trace.question == ADD
+    (alone,) = read_traces([write(tmp_path / "b.jsonl", [
+        {"question": " ", "completion": "So \\boxed{5}."}])])
+    assert alone.error is not None and alone.error.field == "question"
+
+
+# ---------------------------------------------------------------------------------------------
+# A foreign R1 trace cut inside its thinking (the prompt opened it) (issue 19, item 5)
+
+CUT = "Let me think. Two plus three... I count 3, 4, 5, so it is 5"
+CLOSED = "Two plus three is five.\n</think>\n\nThe answer is \\boxed{5}."
+
+
+def r1_row(completion: str, teacher: str = "r1-distill") -> dict[str, Any]:
+    return {"id": "add", "problem": ADD, "answer": "5", "model": teacher,
+            "completion": completion}
+
+
+@pytest.mark.parametrize(
+    ("setting", "rows", "cut_reason", "opened"),
+    [
+        # auto: the teacher's other trace closes a thinking it never opened, even when the cut
+        # trace is read first.
+        ("auto", [r1_row(CUT), r1_row(CLOSED)], "unfinished_thinking", True),
+        ("auto", [r1_row(CLOSED), r1_row(CUT)], "unfinished_thinking", True),
+        ("yes", [r1_row(CUT)], "unfinished_thinking", None),
+        ("no", [r1_row(CUT), r1_row(CLOSED)], None, None),
+        # Another teacher's traces say nothing about this one's prompt.
+        ("auto", [r1_row(CUT), r1_row(CLOSED, teacher="other")], None, None),
+    ],
+)
+def test_foreign_r1_trace_cut_inside_its_thinking_is_unfinished(
+    tmp_path: Path, setting: str, rows: list[dict[str, Any]], cut_reason: str | None,
+    opened: bool | None,
+) -> None:
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write(tmp_path / "r1.jsonl", rows)], out=out,
+                            think_in_prompt=setting, dedup="off"))
+    cut = next(r for r in rows_of(out / "kept.jsonl") + rows_of(out / "rejected.jsonl")
+               if r["completion"] == CUT)
+    assert (cut["reasons"][0] if cut["reasons"] else None) == cut_reason
+    report = json.loads((out / "report.json").read_text())
+    if opened is not None:
+        assert report["thinking_opened_in_prompt"]["by_teacher"]["r1-distill"] is opened
+
+
+def test_when_nothing_tells_whether_the_prompt_opened_the_thinking_the_report_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write(tmp_path / "r1.jsonl", [r1_row(CUT)])], out=out))
+    notes = json.loads((out / "report.json").read_text())["checks_not_run"]
+    assert any("nothing tells whether their prompt opened the thinking" in n
+               and "think_in_prompt: yes" in n for n in notes)
+    assert "nothing tells whether" in capsys.readouterr().out
+    assert "nothing tells whether" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("rendered", "cut_reason", "note"), [
+    (True, "unfinished_thinking", None),
+    (False, None, None),
+    (None, None, "could not be rendered"),
+])
+def test_think_template_decides_whether_the_prompt_opened_the_thinking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rendered: bool | None,
+    cut_reason: str | None, note: str | None,
+) -> None:
+    import cotdistill.filter as filter_module
+
+    asked: list[str] = []
+
+    def fake_opening(model: str, *args: Any, **kwargs: Any) -> bool | None:
+        asked.append(model)
+        return rendered
+
+    monkeypatch.setattr(filter_module, "template_opening", fake_opening)
+    out = tmp_path / "out"
+    run_filter(FilterConfig(traces=[write(tmp_path / "r1.jsonl", [r1_row(CUT)])], out=out,
+                            think_template="models/r1-distill"))
+    assert asked == ["models/r1-distill"]
+    (row,) = rows_of(out / "kept.jsonl") + rows_of(out / "rejected.jsonl")
+    assert (row["reasons"][0] if row["reasons"] else None) == cut_reason
+    notes = json.loads((out / "report.json").read_text())["checks_not_run"]
+    assert (note is None) or any(note in n for n in notes)
