@@ -109,6 +109,32 @@ def _head_matches_logits(model: Any, outputs: Any) -> bool:
                                    rtol=1e-3, atol=1e-3))
 
 
+@dataclass
+class KLWindow:
+    """The offline top-k KL of one logging window, as sums, so the logged figure is the mean
+    over the label tokens that had teacher data (not an average of per-batch means, where a
+    batch without any would count as KL 0) and beside it the share of tokens that had it."""
+
+    kl_sum: float = 0.0
+    with_teacher: int = 0
+    tokens: int = 0
+
+    def add(self, mean_kl: float, with_teacher: int, tokens: int) -> None:
+        self.kl_sum += mean_kl * with_teacher
+        self.with_teacher += with_teacher
+        self.tokens += tokens
+
+    def flush(self) -> dict[str, float]:
+        """The window's metrics (no "distill_kl" when no token had teacher data); resets."""
+        metrics: dict[str, float] = {}
+        if self.with_teacher:
+            metrics["distill_kl"] = self.kl_sum / self.with_teacher
+        if self.tokens:
+            metrics["distill_kl_share"] = self.with_teacher / self.tokens
+        self.kl_sum, self.with_teacher, self.tokens = 0.0, 0, 0
+        return metrics
+
+
 def distillation_trainer_class() -> type:
     """`SFTTrainer` whose loss is `cotdistill.losses` against an online or offline teacher.
 
@@ -139,6 +165,7 @@ def distillation_trainer_class() -> type:
             self._checked_head = False
             if topk is not None:
                 self.data_collator = _with_kd_rows(self.data_collator)
+            self._kl_windows = {"train": KLWindow(), "eval": KLWindow()}
             # Hidden / attention / relation terms (losses/features.py). Their projections
             # train with the student (create_optimizer) but are not part of it: never saved.
             self.features = features
@@ -206,6 +233,10 @@ def distillation_trainer_class() -> type:
                     vocab_size=s.vocab_size, student_head=head, chunk_size=s.chunk_size,
                     num_items=num_items_in_batch,
                 )
+                # Logged per window by `log`, weighted by the tokens that had teacher data.
+                self._kl_windows[mode].add(parts.pop("distill_kl"), int(valid.sum()),
+                                           int(valid.numel()))
+                parts.pop("distill_kl_share")
             # Same scaling as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP
             # averages gradients over ranks.
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -221,6 +252,13 @@ def distillation_trainer_class() -> type:
                 self._total_train_tokens += int(self.accelerator.gather_for_metrics(seen).sum())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            mode = "train" if self.model.training else "eval"
+            # SFTTrainer.log averages each metric's list: one value each keeps these exact.
+            for key, value in self._kl_windows[mode].flush().items():
+                self._metrics[mode][key] = [value]
+            super().log(logs, start_time)
 
     return DistillationSFTTrainer
 

@@ -34,6 +34,7 @@ from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
 from cotdistill.locking import locks_output
 from cotdistill.logs import is_quiet
+from cotdistill.reasoning import split_reasoning
 from cotdistill.records import Message, Record, sha256_file, write_manifest
 from cotdistill.traces_in import sft_records
 
@@ -46,7 +47,8 @@ class TrainConfig(StrictModel):
     data: list[Path] = Field(
         default_factory=list,
         description="sft.jsonl files (chat `messages` ending in the assistant turn) or "
-        "`datasets` folders in the same format.",
+        "`datasets` folders in the same format; an assistant turn's `reasoning_content` (or "
+        "`reasoning`) is trained inside <think> markers before its content.",
     )
     student: str | None = Field(
         None, description="Model folder or hub id to train; default: the embedded SmolLM2."
@@ -308,6 +310,7 @@ def to_example(record: SftRecord, file: str, line: int) -> Example:
     if not messages[-1]["content"].strip():
         raise InputError("the assistant turn is empty", file=file, line=line,
                          field="messages.content")
+    reasoning, answer_text = turn_reasoning(record, messages[-1]["content"])
     return Example(
         prompt=messages[:-1],
         completion=messages[-1:],
@@ -315,10 +318,26 @@ def to_example(record: SftRecord, file: str, line: int) -> Example:
         problem_id=record.problem_id or f"{file}:{line}",
         file=file,
         line=line,
-        reasoning=record.reasoning,
-        answer_text=record.answer_text,
+        reasoning=reasoning,
+        answer_text=answer_text,
         sample_index=record.sample_index,
     )
+
+
+def turn_reasoning(record: SftRecord, content: str) -> tuple[str | None, str | None]:
+    """(thinking, answer) of the assistant turn: the filter's fields when it wrote them, else
+    read from the turn itself.
+
+    Chat datasets and raw traces of other tools carry their thinking only inside the turn
+    (`<think>` markers, or `reasoning_content` folded in by `records.Message`); reading it here
+    lets the template guard and `reasoning_format: plain` treat them like the filter's output.
+    """
+    if record.reasoning is not None:
+        return record.reasoning, record.answer_text
+    split = split_reasoning(content)
+    if split.reasoning is None:
+        return None, None
+    return split.reasoning, split.answer_text
 
 
 def _rows(path: Path) -> Iterable[tuple[str, int, Any]]:
@@ -452,28 +471,44 @@ def _squeeze(text: str) -> str:
 
 
 def check_reasoning_survives(tokenizer: Any, examples: Sequence[Example],
-                             template_source: Path | str) -> None:
-    """Render the first reasoning record through the chat template; the thinking must be in
-    the trained (unmasked) tokens.
+                             template_source: Path | str,
+                             rows: Sequence[Tokenized] | None = None) -> None:
+    """Every record whose assistant turn carries thinking must keep it in the trained
+    (unmasked) tokens once rendered through the chat template.
 
     Several templates (DeepSeek-R1 distills', Qwen3's for earlier turns) drop `<think>` blocks
-    from assistant turns: training would then teach the student to skip its thinking.
+    from assistant turns: training would then teach the student to skip its thinking. Each
+    record is checked, not a sample: a template may drop the thinking only from some turns,
+    and the records may come from several sources. `rows` (the same examples tokenized) spare
+    a second rendering of every record that was not cut at max_length.
     """
-    example = next((e for e in examples if e.reasoning), None)
-    if example is None:
+    if rows is not None and len(rows) != len(examples):
+        raise ValueError(f"{len(rows)} tokenized rows for {len(examples)} examples")
+    lost = [e for i, e in enumerate(examples)
+            if e.reasoning and not _thinking_trained(
+                tokenizer, e, rows[i] if rows is not None else None)]
+    if not lost:
         return
-    row = tokenize_example(tokenizer, example, max_length=1 << 30)
+    named = ", ".join(f"{e.file}:{e.line}" for e in lost[:3]) + (", ..." if len(lost) > 3 else "")
+    carrying = sum(bool(e.reasoning) for e in examples)
+    raise InputError(
+        "the student's chat template drops the thinking from the assistant turn, so the "
+        "student would learn to skip it; pass a template that keeps it (--chat-template "
+        f"FILE) or train the thinking as plain text (reasoning_format: plain); {len(lost)} "
+        f"of {carrying} records with thinking lose it when rendered ({named})",
+        file=template_source, field="chat_template",
+    )
+
+
+def _thinking_trained(tokenizer: Any, example: Example, row: Tokenized | None) -> bool:
+    """Whether the example's thinking is in its trained tokens (rendered again, uncut, when
+    `row` is missing or was cut at max_length)."""
+    if row is None or row.truncated_tokens:
+        row = tokenize_example(tokenizer, example, max_length=1 << 30)
     trained = tokenizer.decode(
         [t for t, m in zip(row.input_ids, row.completion_mask, strict=True) if m]
     )
-    if _squeeze(example.reasoning or "") not in _squeeze(trained):
-        raise InputError(
-            "the student's chat template drops the thinking from the assistant turn, so the "
-            "student would learn to skip it; pass a template that keeps it (--chat-template "
-            f"FILE) or train the thinking as plain text (reasoning_format: plain); record "
-            f"{example.file}:{example.line} was rendered",
-            file=template_source, field="chat_template",
-        )
+    return _squeeze(example.reasoning or "") in _squeeze(trained)
 
 
 def tokenize_examples(
@@ -775,7 +810,8 @@ def train_log_callback(path: Path) -> Any:
     from transformers import TrainerCallback
 
     keys = ("loss", "learning_rate", "grad_norm", "eval_loss", "mean_token_accuracy",
-            "distill_kl", "distill_ce", "num_tokens", "epoch", "train_loss", "train_runtime")
+            "distill_kl", "distill_kl_share", "distill_ce", "num_tokens", "epoch", "train_loss",
+            "train_runtime")
     # Every feature-distillation term, whatever its name (losses/features.py), train and eval.
     prefixes = tuple(f"{mode}{term}_" for mode in ("", "eval_")
                      for term in ("hidden", "attention", "relation"))
@@ -885,7 +921,9 @@ def prepare(config: TrainConfig) -> Prepared:
         raise InputError("the student's tokenizer has no chat template", field="student",
                          file=student_path)
     examples = format_reasoning(examples, config.reasoning_format)
-    check_reasoning_survives(tokenizer, examples, config.chat_template or student_path)
+    # Tokenized before the model checks: the template guard reads the rows it trains on.
+    rows, stats = tokenize_examples(tokenizer, examples, config.max_length)
+    check_reasoning_survives(tokenizer, examples, config.chat_template or student_path, rows)
     teacher_path = teacher_name = None
     offline = config.kd == "offline-topk"
     if offline and config.packing:
@@ -910,7 +948,6 @@ def prepare(config: TrainConfig) -> Prepared:
     if config.teachers:
         teacher_path, teacher_name = check_teachers(config, tokenizer, student_path)
     check_feature_terms(config, student_path, teacher_path)
-    rows, stats = tokenize_examples(tokenizer, examples, config.max_length)
     train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
     train_rows = apply_teacher_weights(train_rows, config.teacher_weights, config.seed)
     kd = None

@@ -290,3 +290,53 @@ def test_on_policy_distillation_runs_two_steps(tiny_model: Path, tiny_teacher: P
     after = load_file(out / "model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
     assert manifest["kd"]["mode"] == "on-policy"
+
+
+def test_logged_distill_kl_is_weighted_by_tokens_with_teacher_data() -> None:
+    """A logging window's KL: the mean over the tokens that had teacher data, whatever the
+    micro-batches (one without any must not count as KL 0), with their share beside it."""
+    from cotdistill.distill import KLWindow
+
+    window = KLWindow()
+    window.add(2.0, with_teacher=3, tokens=4)
+    window.add(0.0, with_teacher=0, tokens=5)  # a batch of examples without stored rows
+    window.add(4.0, with_teacher=1, tokens=1)
+    assert window.flush() == {"distill_kl": pytest.approx(2.5),
+                              "distill_kl_share": pytest.approx(0.4)}
+    # Flushed: the next window starts empty; one with no teacher data logs no KL at all.
+    window.add(0.0, with_teacher=0, tokens=7)
+    assert window.flush() == {"distill_kl_share": 0.0}
+    assert window.flush() == {}
+
+
+@pytest.mark.train
+def test_offline_topk_logged_kl_is_not_diluted_by_examples_without_teacher_rows(
+    tiny_model: Path, tiny_teacher: Path, tmp_path: Path
+) -> None:
+    """Half the examples have no stored top-k rows: the logged distill_kl is the online KL of
+    the other half (not half of it), and distill_kl_share says which share had rows."""
+    from transformers import AutoTokenizer
+
+    from cotdistill.train import SftRecord, to_example, tokenize_example
+
+    records = topk_records(8)
+    with_rows = records[:4]
+    data = write_sft(tmp_path / "sft.jsonl", records)
+    write_teacher_topk(with_rows, tiny_model, tiny_teacher, tmp_path / "gen" / "topk", k=512)
+    common = dict(student=str(tiny_model), max_steps=1, batch_size=8, logging_steps=1,
+                  distill_temperature=2.0, distill_alpha=0.7, seed=3)
+    run_train(TrainConfig(**common, data=[write_sft(tmp_path / "half.jsonl", with_rows)],
+                          teacher=str(tiny_teacher), out=tmp_path / "on"))
+    run_train(TrainConfig(**common, data=[data], kd="offline-topk",
+                          topk_from=[tmp_path / "gen"], out=tmp_path / "off"))
+
+    def first(out: Path) -> dict:
+        return next(json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()
+                    if "loss" in json.loads(x))
+
+    online, offline = first(tmp_path / "on"), first(tmp_path / "off")
+    assert offline["distill_kl"] == pytest.approx(online["distill_kl"], rel=2e-3, abs=1e-4)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tokens = [sum(tokenize_example(tok, to_example(SftRecord(**r), "sft", i + 1), 1024)
+                  .completion_mask) for i, r in enumerate(records)]
+    assert offline["distill_kl_share"] == pytest.approx(sum(tokens[:4]) / sum(tokens))

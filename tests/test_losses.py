@@ -152,3 +152,23 @@ def test_topk_tail_treatment() -> None:
     bad = ids.clone()
     bad[:, -1] = 31
     assert torch.isfinite(topk_kl(t, bad, values, temperature=1.0)).all()
+
+
+def test_topk_distill_kl_is_the_mean_over_rows_with_teacher_data() -> None:
+    """Rows without teacher data (alignment failed, no stored rows) have no KL: they must not
+    pull the logged figure towards 0 (issue 19, item 19)."""
+    import torch
+
+    t, s = _logits(6, 30, 12), _logits(6, 30, 13)
+    ids, values = _as_topk(t, 5)
+    y = torch.zeros(6, dtype=torch.long)
+    valid = torch.tensor([True, False, True, False, False, True])
+    _, parts = topk_kd_loss(s, y, ids, values, valid, temperature=2.0, alpha=0.5)
+    per_row = topk_kl(s, ids, values, temperature=2.0)
+    assert parts["distill_kl"] == pytest.approx(per_row[valid].mean().item(), rel=1e-5)
+    assert parts["distill_kl_share"] == pytest.approx(0.5)
+    # All rows with teacher data: the plain mean, share 1.
+    _, full = topk_kd_loss(s, y, ids, values, torch.ones(6, dtype=torch.bool),
+                           temperature=2.0, alpha=0.5)
+    assert full["distill_kl"] == pytest.approx(per_row.mean().item(), rel=1e-5)
+    assert full["distill_kl_share"] == 1.0

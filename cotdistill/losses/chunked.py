@@ -245,12 +245,19 @@ def topk_kd_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The offline top-K loss (see `topk.py`) in the same frame: KL only on `valid` rows.
 
-    Rows whose example failed the token alignment check carry `valid = False`: they get the
-    CE term only, and still count in the denominator, as every label token does.
+    Rows whose example failed the token alignment check (or has no stored rows) carry
+    `valid = False`: they get the CE term only, and still count in the loss's denominator, as
+    every label token does. The logged "distill_kl" is the mean over the valid rows only (0
+    when there are none): rows without teacher data have no KL, and counting them as 0 would
+    make the teacher look closer than it is. "distill_kl_share" is the share of valid rows.
     """
     parts_fn = partial(_topk_parts, temperature=temperature, tail=tail)
     rows = int(targets.shape[0])
     w_div, w_ce = _weights(rows, temperature=temperature, alpha=alpha, num_items=num_items)
     loss, sums = _weighted(parts_fn, student_rows, student_head, vocab_size,
                            [targets, topk_ids, topk_logprobs, valid], chunk_size, w_div, w_ce)
-    return loss, _parts(sums, rows)
+    with_teacher = int(valid.sum())
+    parts = _parts(sums, rows)
+    parts["distill_kl"] = sums[0].item() / with_teacher if with_teacher else 0.0
+    parts["distill_kl_share"] = with_teacher / rows if rows else 0.0
+    return loss, parts
