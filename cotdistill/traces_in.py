@@ -39,9 +39,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cotdistill.answers import extract_gold
 from cotdistill.errors import InputError
-from cotdistill.problems import AnswerFormat, question_id
+from cotdistill.problems import AnswerFormat, gold_from_cell, question_id
 from cotdistill.reasoning import DEFAULT_MARKERS, Markers, join_reasoning, split_reasoning
 from cotdistill.records import Message, Trace, dump_line, parse_json_object
 
@@ -254,8 +253,9 @@ def foreign_traces(
 
     a_name, answer = _first(data, fields.answer)
     gold = None
-    if a_name is not None and str(answer).strip():
-        gold = extract_gold(str(answer), fields.answer_format)
+    if a_name is not None:
+        # The same rules as problem sets: a gold with no single answer names file, line, field.
+        gold = gold_from_cell(answer, fields.answer_format, file=path, line=line, field=a_name)
     i_name, raw_id = _first(data, fields.id)
     if i_name is not None and str(raw_id).strip():
         problem_id = str(raw_id).strip()

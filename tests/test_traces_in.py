@@ -425,3 +425,19 @@ def test_think_template_decides_whether_the_prompt_opened_the_thinking(
     assert (row["reasons"][0] if row["reasons"] else None) == cut_reason
     notes = json.loads((out / "report.json").read_text())["checks_not_run"]
     assert (note is None) or any(note in n for n in notes)
+
+
+def test_foreign_trace_gold_with_no_single_answer_names_file_line_and_field(tmp_path):
+    # A prose gold with two numbers is refused the way a problem set's is: file, line, field.
+    import json
+
+    from cotdistill.traces_in import TraceFields, read_traces
+
+    path = tmp_path / "foreign.jsonl"
+    rows = [{"question": "q1", "completion": "c", "answer": "42"},
+            {"question": "q2", "completion": "c", "answer": "Between 3 and 4 dollars."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = list(read_traces([path], TraceFields()))
+    assert lines[0].error is None
+    message = str(lines[1].error)
+    assert "foreign.jsonl:2" in message and "answer" in message
