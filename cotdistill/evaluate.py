@@ -34,7 +34,7 @@ from cotdistill.backends import Backend, make_backend
 from cotdistill.backends.sizing import Workload
 from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, ThinkConfig
 from cotdistill.errors import InputError
-from cotdistill.evaluation.samples import by_problem, problem_scores
+from cotdistill.evaluation.samples import by_problem, is_truncated, problem_scores
 from cotdistill.generate import logprob_stats
 from cotdistill.locking import locks_output
 from cotdistill.memory import PeakMemory
@@ -43,7 +43,7 @@ from cotdistill.metrics import (
     bootstrap_ratio,
     calibration_bins,
     expected_calibration_error,
-    majority_correct,
+    majority_vote,
     pass_at_k,
 )
 from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
@@ -64,7 +64,7 @@ from cotdistill.records import (
     write_jsonl,
     write_manifest,
 )
-from cotdistill.verify import answer_key
+from cotdistill.verify import group_equivalent_many
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -113,14 +113,16 @@ class EvaluateConfig(SamplingConfig, EngineConfig):
     think_end: str = ThinkConfig.model_fields["think_end"]
     collapse_below: float = Field(
         0.8, gt=0, description="A category whose whole retention interval lies below this is "
-        "reported as a collapsed capability.",
+        "reported as a collapsed capability; one too small to show that at `confidence` "
+        "(z^2 / problems >= this) is reported as too small to tell, never collapsed.",
     )
     failure_examples: int = Field(
         3, ge=0, description="Examples per failure mode and student in the report."
     )
     latency_prompts: int = Field(
         8, ge=0, description="Evaluation prompts sent one at a time (batch 1) per model for "
-        "the deployment table's latency; 0 disables.",
+        "the deployment table's latency, each opened by a fresh tag so no prefix cache holds "
+        "it (after an untimed warm-up); 0 disables.",
     )
 
 
@@ -136,10 +138,13 @@ class EvalSample(Record):
     predicted_answer: str | None
     verdict: str
     correct: bool
-    num_tokens: int
+    # None when the backend could not count them (a server that sends no logprobs, n > 1).
+    num_tokens: int | None
     finish_reason: str | None
     mean_logprob: float | None
     category: str | None = None
+    # Cut at the token limit: its answer is read from a marker closed before the cut only.
+    truncated: bool | None = None
     # Reasoning models (cotdistill/reasoning.py); None for samples without thinking.
     reasoning_tokens: int | None = None
     answer_tokens: int | None = None
@@ -189,6 +194,7 @@ def evaluate_model(
     """
     rows: list[tuple[Problem, int, Any]] = []
     seconds = 0.0
+    max_tokens = sampling.max_tokens
     for start in range(0, len(problems), batch_size):
         batch = problems[start : start + batch_size]
         reported = 0
@@ -218,16 +224,19 @@ def evaluate_model(
                          c.reasoning_tokens)
         for _, _, c in rows
     ]
+    cut = [completion_truncated(c.finish_reason, c.num_tokens, max_tokens) for _, _, c in rows]
     predictions = [
-        extract_answer(t.get("answer_text", c.text), fallback_last_number)
-        for (_, _, c), t in zip(rows, thinking, strict=True)
+        # A cut output's last number is wherever the cut fell ("6*7 = 42 hmm, but maybe"), not
+        # an answer: only a box or marker it closed before the cut counts.
+        extract_answer(t.get("answer_text", c.text), fallback_last_number and not truncated)
+        for (_, _, c), t, truncated in zip(rows, thinking, cut, strict=True)
     ]
-    verdicts = verify(
-        [(p.gold_answer, pred) for (p, _, _), pred in zip(rows, predictions, strict=True)]
+    verdicts = score_predictions(
+        [p.gold_answer for p, _, _ in rows], predictions, verify
     )
     samples = []
-    for (problem, index, completion), predicted, verdict, think in zip(
-        rows, predictions, verdicts, thinking, strict=True
+    for (problem, index, completion), predicted, verdict, think, truncated in zip(
+        rows, predictions, verdicts, thinking, cut, strict=True
     ):
         mean_logprob, _ = logprob_stats(completion.token_logprobs)
         samples.append(
@@ -248,9 +257,37 @@ def evaluate_model(
                 reasoning_tokens=think.get("reasoning_tokens"),
                 answer_tokens=think.get("answer_tokens"),
                 finished_thinking=think.get("finished_thinking"),
+                truncated=truncated,
             )
         )
     return samples, seconds
+
+
+def completion_truncated(finish_reason: str | None, num_tokens: int | None,
+                         max_tokens: int) -> bool:
+    """Cut by the token limit: the engine says so (`length`), or, where it gives no reason,
+    the output used every token it was allowed."""
+    if finish_reason is not None:
+        return finish_reason == "length"
+    return num_tokens is not None and num_tokens >= max_tokens
+
+
+# Verdicts where the checker, not the model, failed: neither right nor wrong, counted apart.
+UNSCORED = ("unverifiable", "timeout")
+
+
+def score_predictions(
+    golds: Sequence[str | None], predictions: Sequence[str | None], verify: Verifier
+) -> list[str]:
+    """One verdict per prediction. A sample with no answer is the model's failure
+    (`no_answer`, wrong); only answers go to the checker, so its `unverifiable` / `timeout`
+    mean the checker could not decide, which the summary counts apart from wrong."""
+    answered = [i for i, pred in enumerate(predictions) if pred is not None]
+    checked = verify([(golds[i], predictions[i]) for i in answered]) if answered else []
+    verdicts = ["no_answer"] * len(predictions)
+    for i, verdict in zip(answered, checked, strict=True):
+        verdicts[i] = verdict
+    return verdicts
 
 
 def sample_confidence(sample: EvalSample) -> float | None:
@@ -279,28 +316,37 @@ def summarize_model(
         "accuracy": accuracy.value,
         "accuracy_ci": [accuracy.low, accuracy.high],
     }
+    unscored = Counter(s.verdict for s in samples if s.verdict in UNSCORED)
+    # Counted as not correct in `accuracy`; the share says how much of the figure is unknown.
+    summary["unscored"] = dict(unscored)
+    summary["unscored_share"] = sum(unscored.values()) / len(samples) if samples else None
     if k > 1:
-        summary[f"maj@{k}"] = sum(
-            majority_correct(
-                [s.predicted_answer for s in g], [s.correct for s in g], answer_key
-            )
-            for g in groups.values()
-        ) / len(groups)
+        # Answers vote by math equivalence (`0.5`, `1/2`, `\\frac{1}{2}` are one vote), the
+        # rule the filter's majority uses; a tie goes to the group answered first, and is counted.
+        problems = list(groups.values())
+        votes = [
+            majority_vote(answer_groups, [s.correct for s in g])
+            for g, answer_groups in zip(problems, group_equivalent_many(
+                [[s.predicted_answer for s in g] for g in problems]), strict=True)
+        ]
+        summary[f"maj@{k}"] = sum(v.correct for v in votes) / len(groups)
+        summary[f"maj@{k}_ties"] = sum(v.tied for v in votes)
         summary[f"pass@{k}"] = sum(
             pass_at_k(len(g), sum(s.correct for s in g), k) for g in groups.values()
         ) / len(groups)
     rated = [(sample_confidence(s), s.correct) for s in samples if s.mean_logprob is not None]
     confidences = [c for c, _ in rated]
     outcomes = [ok for _, ok in rated]
+    counted = [s.num_tokens for s in samples if s.num_tokens is not None]
+    truncated = [s for s in samples if is_truncated(s)]
     summary.update(
         {
-            "mean_reasoning_tokens": (
-                sum(s.num_tokens for s in samples) / len(samples) if samples else None
-            ),
-            "truncated_share": (
-                sum(s.finish_reason == "length" for s in samples) / len(samples)
-                if samples else None
-            ),
+            # Over the samples whose length is known (a server may not say).
+            "mean_reasoning_tokens": sum(counted) / len(counted) if counted else None,
+            "truncated": len(truncated),
+            "truncated_share": len(truncated) / len(samples) if samples else None,
+            # Cut samples that still closed a box or answer marker before the cut.
+            "truncated_answered": sum(s.predicted_answer is not None for s in truncated),
             "verdicts": dict(Counter(s.verdict for s in samples)),
             "ece": expected_calibration_error(confidences, outcomes, bins),
             # Samples without token logprobs cannot be placed on the reliability diagram.
@@ -640,7 +686,9 @@ def model_summary(run: ModelRun, config: EvaluateConfig) -> dict[str, Any]:
         seed=config.bootstrap_seed,
         level=config.confidence,
     )
-    tokens = sum(s.num_tokens for s in run.samples)
+    counts = [s.num_tokens for s in run.samples]
+    # Unknown lengths (a server without logprobs) leave throughput unknown, not understated.
+    tokens = None if None in counts else sum(c for c in counts if c is not None)
     problems = summary["problems"]
     served = Path(run.extra.get("served_path", ""))
     parameters = parameter_count(served) if run.extra.get("served_path") else None
@@ -650,7 +698,10 @@ def model_summary(run: ModelRun, config: EvaluateConfig) -> dict[str, Any]:
             "parameters": parameters,
             "quantization": quantized_scheme(served) if run.extra.get("served_path") else None,
             "output_tokens": tokens,
-            "output_tokens_per_s": tokens / run.generation_s if run.generation_s > 0 else None,
+            "output_tokens_per_s": (
+                tokens / run.generation_s if tokens is not None and run.generation_s > 0
+                else None
+            ),
             "seconds_per_problem": run.generation_s / problems if problems else None,
             "generation_s": round(run.generation_s, 3),
             "load_s": round(run.load_s, 3),
@@ -666,6 +717,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _unscored_mark(model: dict[str, Any]) -> str:
+    """` (2 unscored: 1 timeout, 1 unverifiable)` beside an accuracy; nothing when none."""
+    unscored = model.get("unscored") or {}
+    total = sum(unscored.values())
+    if not total:
+        return ""
+    parts = ", ".join(f"{count} {verdict}" for verdict, count in sorted(unscored.items()))
+    return f" ({total} unscored: {parts})"
+
+
+def _truncated_cell(model: dict[str, Any]) -> str:
+    """`3 (0.250)`: truncated samples and their share (older summaries: the share only)."""
+    if model.get("truncated") is None:
+        return _fmt(model["truncated_share"])
+    return f"{model['truncated']} ({_fmt(model['truncated_share'])})"
 
 
 def _interval(value: Any, low: Any, high: Any) -> str:
@@ -719,17 +787,24 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
         row = [
             name + (f" [{m['quantization']}]" if m.get("quantization") else ""),
             _params(m["parameters"]),
-            _interval(m["accuracy"], *m["accuracy_ci"]),
+            _interval(m["accuracy"], *m["accuracy_ci"]) + _unscored_mark(m),
             *[_fmt(m.get(c)) for c in extra_cols],
             ret_text,
             _fmt(m["mean_reasoning_tokens"], 1),
-            _fmt(m["truncated_share"]),
+            _truncated_cell(m),
             _fmt(m["output_tokens_per_s"], 1),
             _fmt(m["seconds_per_problem"], 3),
             _fmt(m["peak_memory_mb"], 0),
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines += [
+        "",
+        "Accuracy counts a sample as correct only when the checker (math-verify) confirmed it; "
+        "a mark such as `(2 unscored: 1 timeout, 1 unverifiable)` beside it counts the samples "
+        "whose answer the checker could not decide (they count as not correct, so the true "
+        "accuracy may be higher by up to their share). Truncated: samples cut at max_tokens "
+        "(their share); a cut sample is scored only on a box or answer marker it closed before "
+        "the cut, never on its last number.",
         "",
         "tok/s and s/problem: generation time of the whole batch (engine start excluded) over "
         "output tokens and problems. Peak memory: "
@@ -757,6 +832,9 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
             f"\nSamples, timings and memory of {', '.join(cached)} come from an earlier run "
             "with the same model files, problems and settings."
         )
+    for name, m in models.items():
+        if m.get("cache_off"):
+            lines.append(f"\n`{name}`'s samples are not cached: {m['cache_off']}.")
     for name, m in models.items():
         if m.get("adapter"):
             lines.append(
@@ -849,10 +927,55 @@ def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
     return problems
 
 
-def model_hash(source: ModelSource) -> str:
-    """A local folder by its files; a hub id (or served model name) by its name."""
+@dataclass(frozen=True)
+class WeightsId:
+    """What identifies the weights a model's samples come from. `value` None: nothing does,
+    so its samples are never reused (`how` says why, in the report)."""
+
+    value: str | None
+    how: str
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model that a load would get now: the hub's answer when online, else
+    the local cache's (what an offline load uses); None when neither is known."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return None
+    try:
+        return str(huggingface_hub.HfApi().model_info(repo_id, timeout=10).sha)
+    except Exception:  # offline, unknown repo, no network: any of them means "not from the hub"
+        pass
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True)).name
+    except Exception:  # not in the local cache either
+        return None
+
+
+def weights_id(source: ModelSource, config: EvaluateConfig,
+               factory: BackendFactory) -> WeightsId:
+    """A served model by what its server says and a probe (`weights_fingerprint`: a name alone
+    survives a restart on new weights), a local folder by its files, a hub id by its commit."""
+    if config.backend == "openai":
+        backend = factory(source.path)
+        try:
+            probe = getattr(backend, "weights_fingerprint", None)
+            value = probe() if callable(probe) else None
+        finally:
+            backend.close()
+        if value is None:
+            return WeightsId(None, f"the server's model card and a probe cannot identify the "
+                                   f"weights served as {source.path!r} (no log-probabilities)")
+        return WeightsId(f"served:{value}", "the server's model card and a probe")
     folder = Path(source.adapter or source.path)
-    return folder_hash(folder) if folder.is_dir() else f"name:{source.path}"
+    if folder.is_dir():
+        return WeightsId(folder_hash(folder), "its files")
+    revision = hub_revision(source.path)
+    if revision is not None:
+        return WeightsId(f"hub:{source.path}@{revision}", f"hub revision {revision}")
+    return WeightsId(None, f"{source.path!r} is no local folder and no hub revision of it is "
+                           "known, so nothing identifies its weights")
 
 
 # Settings that do not change what a model generates or how a sample is scored.
@@ -862,13 +985,16 @@ _NOT_SAMPLE_SETTINGS = {
 }
 
 
-def sample_key(config: EvaluateConfig, source: ModelSource, problems_hash: str,
-               template: PromptTemplate) -> str:
-    """Identity of one model's samples: the model's files, the problems, prompt and sampling."""
+def sample_key(config: EvaluateConfig, weights: WeightsId, problems_hash: str,
+               template: PromptTemplate) -> str | None:
+    """Identity of one model's samples: its weights, the problems, prompt and sampling; None
+    (never reused) when nothing identifies the weights."""
+    if weights.value is None:
+        return None
     settings = config.model_dump(mode="json", exclude=_NOT_SAMPLE_SETTINGS)
     return sha256_text(json.dumps(
         {"settings": settings, "problems": problems_hash, "template": template.hash,
-         "model": model_hash(source)}, sort_keys=True,
+         "model": weights.value}, sort_keys=True,
     ))
 
 
@@ -930,21 +1056,27 @@ def run_evaluate(
     verify = verify or default_verifier(config.verify_timeout_s)
 
     problems_hash = sha256_file(Path(config.problems))
-    keys = {s.name: sample_key(config, s, problems_hash, template) for s in sources}
+    weights = {s.name: weights_id(s, config, factory) for s in sources}
+    keys = {s.name: sample_key(config, weights[s.name], problems_hash, template)
+            for s in sources}
     runs: dict[str, ModelRun] = {}
     for source in sources:
-        # A model scored before with the same files, problems and settings is not run again,
+        key = keys[source.name]
+        # A model scored before with the same weights, problems and settings is not run again,
         # so an interrupted evaluation resumes at the next model.
-        cached = load_cached(out / PER_MODEL, source.name, keys[source.name])
+        cached = load_cached(out / PER_MODEL, source.name, key) if key is not None else None
         if cached is not None:
             runs[source.name] = cached
             print(f"evaluate: {source.name}: reusing its samples (same model and settings)")
         else:
             runs[source.name] = run_model(source, problems, template, config, factory, verify)
-            save_cached(out / PER_MODEL, source.name, keys[source.name], runs[source.name])
-        samples = runs[source.name].samples
-        accuracy = sum(s.correct for s in samples) / len(samples)
-        print(f"evaluate: {source.name} accuracy {accuracy:.3f}")
+            if key is not None:
+                save_cached(out / PER_MODEL, source.name, key, runs[source.name])
+            else:
+                runs[source.name].extra["cache_off"] = weights[source.name].how
+                print(f"evaluate: {source.name}: samples not cached: "
+                      f"{weights[source.name].how}", file=sys.stderr)
+        print(f"evaluate: {source.name} {accuracy_line(runs[source.name].samples)}")
 
     write_jsonl(out / RESULTS, (s for run in runs.values() for s in run.samples))
     summary: dict[str, Any] = {
@@ -960,7 +1092,8 @@ def run_evaluate(
     from cotdistill.plots import write_plots
 
     summary.update(decision_measures({n: r.samples for n, r in runs.items()}, summary, config))
-    lengths = {name: [s.num_tokens for s in run.samples] for name, run in runs.items()}
+    lengths = {name: [s.num_tokens for s in run.samples if s.num_tokens is not None]
+               for name, run in runs.items()}
     summary["plots"] = [str(p) for p in write_plots(summary, lengths, out)]
     summary["plots"] += decision_plots(summary, config, out)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
@@ -971,7 +1104,7 @@ def run_evaluate(
         stage="evaluate",
         config=config,
         inputs={str(config.problems): problems_hash,
-                **{s.spec: model_hash(s) for s in sources}},
+                **{s.spec: weights[s.name].value or "unidentified" for s in sources}},
         counts={"problems": len(problems), "models": len(runs),
                 "samples": sum(len(r.samples) for r in runs.values())},
         started=started,
@@ -980,6 +1113,20 @@ def run_evaluate(
         print(terminal_tables(report))
     print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
     return manifest
+
+
+def accuracy_line(samples: Sequence[EvalSample]) -> str:
+    """`accuracy 0.500 (2 unscored: 1 timeout, 1 unverifiable; 3 truncated)` for the terminal."""
+    accuracy = sum(s.correct for s in samples) / len(samples)
+    unscored = Counter(s.verdict for s in samples if s.verdict in UNSCORED)
+    notes = []
+    if unscored:
+        parts = ", ".join(f"{n} {v}" for v, n in sorted(unscored.items()))
+        notes.append(f"{sum(unscored.values())} unscored: {parts}")
+    truncated = sum(is_truncated(s) for s in samples)
+    if truncated:
+        notes.append(f"{truncated} truncated")
+    return f"accuracy {accuracy:.3f}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def terminal_tables(report: str, sections: tuple[str, ...] = ("Evaluation", "Deployment")) -> str:

@@ -401,7 +401,7 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
             ):
                 append_durably(fh, (dump_line(t) for t in traces))
                 gen_seconds += time.time() - tick
-                new_tokens += sum(t.num_tokens for t in traces)
+                new_tokens += sum(t.num_tokens or 0 for t in traces)
                 bar.set_postfix(tok_s=f"{new_tokens / max(gen_seconds, 1e-9):.1f}")
                 tick = time.time()
     finally:
@@ -447,7 +447,7 @@ def _count_file(path: Path) -> dict[str, Any]:
             data = json.loads(line)
             problems.add(data["problem_id"])
             samples += 1
-            tokens += data["num_tokens"]
+            tokens += data["num_tokens"] or 0
             finish[data["finish_reason"] or "unknown"] += 1
     return {
         "problems": len(problems),

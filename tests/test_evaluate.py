@@ -130,7 +130,9 @@ def fake_factory(logprobs: dict[str, float], built: list[str]):
         answers = ANSWERS[path]
 
         def respond(question: str, index: int) -> str:
-            return f"Adding up gives \\boxed{{{answers[by_question[question]][index]}}}"
+            # Latency prompts open with a tag ("[ref abc] What is ..."): the same problem.
+            problem = by_question[question.rsplit("] ", 1)[-1]]
+            return f"Adding up gives \\boxed{{{answers[problem][index]}}}"
 
         return FakeBackend(path, responder=respond, logprob=logprobs[path])
 
@@ -185,7 +187,19 @@ def test_evaluate_hand_made_case(tmp_path: Path, problems_file: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
 
 
-def test_models_scored_before_are_reused(tmp_path: Path, problems_file: Path) -> None:
+def model_folders(root: Path, names: list[str], weights: str = "w") -> None:
+    """Local model folders named like the fake's models: their files identify their weights."""
+    for name in names:
+        (root / name).mkdir(exist_ok=True)
+        (root / name / "weights.bin").write_text(f"{name} {weights}")
+
+
+def test_models_scored_before_are_reused(
+    tmp_path: Path, problems_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reuse needs weights that something identifies: here folders, found from the working dir.
+    monkeypatch.chdir(tmp_path)
+    model_folders(tmp_path, ["teacher", "student"])
     config = EvaluateConfig(
         problems=problems_file, out=tmp_path / "eval", model=["teacher=teacher", "student=student"],
         n=2, prompt_template="plain", bootstrap_resamples=100,
@@ -340,3 +354,115 @@ def test_lora_student_is_evaluated_with_its_adapter(
     assert Path(student["served_path"]).parent == tmp_path / "cache" / "merged"
     assert student["parameters"] == summary["models"]["base"]["parameters"]
     assert student["peak_memory_mb"] > 0 and student["output_tokens_per_s"] > 0
+
+
+# --- issue 19: truncation and unscored verdicts -------------------------------------------------
+
+
+def test_truncated_output_has_no_answer_unless_it_closed_a_marker_before_the_cut(
+    tmp_path: Path
+) -> None:
+    from cotdistill.evaluate import completion_truncated
+
+    problems = write_problems(tmp_path / "p.jsonl", [
+        {"id": "cut", "question": "What is 6 * 7?", "answer": "42"},
+        {"id": "boxed", "question": "What is 3 + 4?", "answer": "7"},
+        {"id": "whole", "question": "What is 1 + 1?", "answer": "2"},
+    ])
+    replies = {
+        # Cut mid-thought: its last number (42) is where the cut fell, not an answer.
+        "What is 6 * 7?": "6*7 = 42 hmm, but maybe I should check the product again",
+        # Cut after a closed box: that answer stands.
+        "What is 3 + 4?": "\\boxed{7} and now let me verify this once more in detail",
+        "What is 1 + 1?": "it is 2",
+    }
+    config = EvaluateConfig(problems=problems, out=tmp_path / "eval", model=["teacher=x"], n=1,
+                            max_tokens=5, bootstrap_resamples=20, latency_prompts=0,
+                            prompt_template="plain")
+    run_evaluate(config, lambda path: FakeBackend(path, responder=lambda q, i: replies[q]))
+    rows = {r["problem_id"]: r for r in map(
+        json.loads, (tmp_path / "eval" / "results.jsonl").read_text().splitlines())}
+    assert (rows["cut"]["predicted_answer"], rows["cut"]["correct"]) == (None, False)
+    assert rows["cut"]["verdict"] == "no_answer" and rows["cut"]["truncated"] is True
+    assert (rows["boxed"]["predicted_answer"], rows["boxed"]["correct"]) == ("7", True)
+    # Not cut: the last-number fallback still reads a plain answer.
+    assert (rows["whole"]["predicted_answer"], rows["whole"]["correct"]) == ("2", True)
+    teacher = json.loads((tmp_path / "eval" / "summary.json").read_text())["models"]["teacher"]
+    assert (teacher["truncated"], teacher["truncated_answered"]) == (2, 1)
+    assert teacher["accuracy"] == pytest.approx(2 / 3)
+    assert "| 2 (0.667) |" in (tmp_path / "eval" / "report.md").read_text()
+    # A backend that gives no finish reason: an output that used every token was cut.
+    assert completion_truncated(None, 5, 5) and not completion_truncated(None, 4, 5)
+    assert not completion_truncated("stop", 5, 5) and completion_truncated("length", 3, 5)
+
+
+def test_unverifiable_and_timeout_verdicts_are_counted_apart_beside_accuracy(
+    tmp_path: Path, problems_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checked: list[tuple] = []
+
+    def verify(pairs):  # the checker times out on p1 and cannot parse p2's gold
+        checked.extend(pairs)
+        script = {"5": "timeout", "7": "unverifiable"}
+        return [script.get(gold, "correct" if gold == pred else "wrong") for gold, pred in pairs]
+
+    def respond(question: str, index: int) -> str:
+        return "no idea" if "4 + 5" in question and index == 1 else "So \\boxed{5}."
+
+    config = EvaluateConfig(problems=problems_file, out=tmp_path / "eval", model=["teacher=x"],
+                            n=2, bootstrap_resamples=20, latency_prompts=0,
+                            prompt_template="plain", fallback_last_number=False)
+    run_evaluate(config, lambda path: FakeBackend(path, responder=respond), verify=verify)
+    teacher = json.loads((tmp_path / "eval" / "summary.json").read_text())["models"]["teacher"]
+    # 2 timeouts (p1), 2 unverifiable (p2); p3: one wrong, one without an answer, which is the
+    # model's failure and never reaches the checker.
+    assert teacher["unscored"] == {"timeout": 2, "unverifiable": 2}
+    assert teacher["unscored_share"] == pytest.approx(4 / 6)
+    assert teacher["verdicts"] == {"timeout": 2, "unverifiable": 2, "wrong": 1, "no_answer": 1}
+    assert len(checked) == 5 and all(pred is not None for _, pred in checked)
+    assert teacher["accuracy"] == 0.0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| teacher |"))
+    assert "(4 unscored: 2 timeout, 2 unverifiable)" in row
+    assert "accuracy 0.000 (4 unscored: 2 timeout, 2 unverifiable" in capsys.readouterr().out
+
+
+def test_a_model_known_by_name_only_is_never_reused(tmp_path: Path, problems_file: Path) -> None:
+    # A hub id with no known revision (offline, not in the cache): its name says nothing about
+    # the weights a later load gets, so its samples are generated again and the report says so.
+    config = EvaluateConfig(problems=problems_file, out=tmp_path / "eval",
+                            model=["teacher=nobody/unknown-model"], n=1, prompt_template="plain",
+                            bootstrap_resamples=20, latency_prompts=0)
+    built: list[str] = []
+
+    def factory(path: str) -> FakeBackend:
+        built.append(path)
+        return FakeBackend(path)
+
+    run_evaluate(config, factory)
+    run_evaluate(config, factory)
+    assert built == ["nobody/unknown-model"] * 2
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert "nothing identifies its weights" in summary["models"]["teacher"]["cache_off"]
+    assert "samples are not cached" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_maj_at_k_groups_equivalent_answers_and_counts_ties() -> None:
+    # 0.5, 1/2 and \frac{1}{2} are one vote (3) against two wrong 0.25 votes; the second problem
+    # ties 1-1 and the tie is reported.
+    from cotdistill.evaluate import EvalSample, summarize_model
+
+    def sample(pid: str, answer: str, correct: bool) -> EvalSample:
+        return EvalSample(model="m", problem_id=pid, sample_index=0, question="q",
+                          gold_answer="0.5", completion=str(answer), predicted_answer=answer,
+                          verdict="correct" if correct else "wrong", correct=correct,
+                          num_tokens=5, finish_reason="stop", mean_logprob=None)
+
+    # By string, "0.25" would win problem a with two votes against one each.
+    samples = [sample("a", "0.25", False), sample("a", "0.5", True), sample("a", "1/2", True),
+               sample("a", "\\frac{1}{2}", True), sample("a", "0.25", False),
+               sample("b", "3", False), sample("b", "0.5", True), sample("b", "3", False),
+               sample("b", "0.5", True), sample("b", None, False)]
+    summary = summarize_model(samples)
+    assert summary["maj@5"] == 0.5
+    assert summary["maj@5_ties"] == 1

@@ -142,3 +142,27 @@ def test_stage_reports_collapsed_categories(tmp_path: Path) -> None:
     assert "## Per-capability results" in report
     assert "Collapsed capabilities of student: big." in report
     assert (tmp_path / "eval" / "categories.png").stat().st_size > 1000
+
+
+def test_a_category_too_small_to_tell_is_never_flagged_collapsed() -> None:
+    """Three problems the student fails and the teacher solves: the bootstrap says [0, 0],
+    which is the sample's narrowness, not evidence. No outcome on 3 problems can show a
+    retention below 0.8 at 95% (z^2 / n = 1.28), so it is shown as too small, not flagged."""
+    models = labelled_set()
+    for i in range(3):
+        models["teacher"].append(sample("teacher", f"tiny-{i}", True, "tiny"))
+        models["student"].append(sample("student", f"tiny-{i}", False, "tiny"))
+    table = category_results(models, "teacher", collapse_below=0.8, resamples=500)
+    rows = {row["name"]: row for row in table["categories"]}
+    tiny = rows["tiny"]["models"]["student"]
+    assert tiny["retention"]["high"] == pytest.approx(0.0)  # the bootstrap's [0, 0]
+    assert rows["tiny"]["too_small"] is True and tiny["collapsed"] is False
+    assert table["collapsed"] == {"student": ["hard"]} and table["too_small"] == ["tiny"]
+    assert table["too_small_max_problems"] == 4  # 1.96^2 / 0.8 = 4.8
+    lines = "\n".join(render_categories(table, "teacher", "95%"))
+    assert "| tiny | 3 (too small to tell) |" in lines and "Too small to tell: tiny." in lines
+
+    # "Too small" follows the level and the threshold, not a fixed count: at 50% confidence
+    # (z^2 = 0.45) three failed problems are evidence enough.
+    loose = category_results(models, "teacher", collapse_below=0.8, resamples=500, level=0.5)
+    assert loose["collapsed"]["student"] == ["hard", "tiny"] and loose["too_small"] == []

@@ -215,3 +215,96 @@ def test_batch_one_latency_on_the_real_engine(tiny_model: Path, tmp_path: Path) 
     assert latency["kv_cache_tokens"] > latency["max_prompt_tokens"] + 8
     assert row["engine_kv_reserved_bytes"] > row["model_memory_parts"]["kv_one_request"]
     assert "| teacher (reference) |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+# --- issue 19: latency on prompts the engine has not seen ---------------------------------------
+
+
+class RecordingBackend(FakeBackend):
+    """Keeps the user turns of every `generate` call, in order."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.sent: list[list[str]] = []
+
+    def generate(self, conversations, sampling, progress=None):
+        self.sent.append([c[-1].content for c in conversations])
+        return super().generate(conversations, sampling, progress)
+
+
+def test_latency_prompts_differ_from_the_evaluation_and_the_warmup_is_not_timed(
+    tmp_path: Path
+) -> None:
+    built: list[RecordingBackend] = []
+
+    def factory(path: str) -> RecordingBackend:
+        built.append(RecordingBackend(path))
+        return built[-1]
+
+    config = EvaluateConfig(problems=fake_problems(tmp_path), out=tmp_path / "eval",
+                            model=["teacher=a"], prompt_template="plain", latency_prompts=3,
+                            bootstrap_resamples=20)
+    run_evaluate(config, factory)
+    [evaluation, [warmup], *timed] = built[0].sent
+    timed_prompts = [p for [p] in timed]
+    assert len(timed_prompts) == 3
+    # None of the timed prompts (nor the warm-up) is one the engine has just served ...
+    assert not set(timed_prompts + [warmup]) & set(evaluation)
+    # ... the warm-up is not timed again, and each timed prompt is the same question, tagged.
+    assert warmup not in timed_prompts and len(set(timed_prompts)) == 3
+    for prompt, question in zip(timed_prompts, evaluation[:3], strict=True):
+        assert prompt.endswith("] " + question) and prompt != question
+    latency = json.loads((tmp_path / "eval" / "summary.json").read_text())[
+        "models"]["teacher"]["latency"]
+    assert latency["unseen_prompts"] is True and latency["requests"] == 3
+
+
+class FakeEngine:
+    """The parts of vLLM's LLMEngine the step loop uses; one output token per request."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.pending: list[str] = []
+
+    def add_request(self, request_id, prompt, params) -> None:
+        self.events.append(f"add {request_id}")
+        self.pending.append(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.pending)
+
+    def step(self):
+        from types import SimpleNamespace
+
+        self.pending.pop()
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1])])]
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.llm_engine = FakeEngine(self.events)
+
+    def get_tokenizer(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            apply_chat_template=lambda messages, **kw: messages[-1]["content"],
+            encode=lambda text, **kw: list(range(len(text))),
+        )
+
+    def reset_prefix_cache(self) -> bool:
+        self.events.append("reset")
+        return True
+
+
+def test_vllm_latency_resets_the_prefix_cache_before_each_timed_request() -> None:
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    llm = FakeLLM()
+    conversations = [[Message(role="user", content=f"What is {i} + 1?")] for i in range(2)]
+    stats = measure_latency(SimpleNamespace(llm=llm), conversations, SamplingConfig(max_tokens=4))
+    assert llm.events == ["add latency-warmup", "reset", "add latency-0", "reset",
+                          "add latency-1"]
+    assert stats["prefix_cache_reset"] is True and stats["requests"] == 2

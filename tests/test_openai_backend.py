@@ -444,3 +444,113 @@ def test_generate_against_a_real_vllm_server(
         assert trace["mean_logprob"] == pytest.approx(sum(logprobs) / len(logprobs))
         assert trace["min_logprob"] == min(logprobs)
     assert manifest["counts"]["samples"] == 8 and manifest["counts"]["problems"] == 4
+
+
+# --- issue 19: token counts and the identity of the served weights ---------------------------
+
+
+def test_several_samples_without_logprobs_have_no_token_count(stub_factory) -> None:
+    """n > 1 and no logprobs: `usage` sums all choices, so no sample has a count of its own.
+    None (not 0) makes a length threshold fail with "no num_tokens" instead of rejecting
+    every trace as too short."""
+    from cotdistill.filter import FilterConfig, check_lengths_present, filter_traces
+    from cotdistill.generate import make_trace, sampling_record
+    from cotdistill.prompts import load_template
+    from cotdistill.records import Problem
+
+    def reply(number, body):
+        answer = chat_completion(body["n"])
+        for choice in answer["choices"]:
+            choice["logprobs"] = None
+        answer["usage"] = {"prompt_tokens": 9, "completion_tokens": 14, "total_tokens": 23}
+        return 200, answer
+
+    stub = stub_factory(reply)
+    sampling = SamplingConfig(n=2)
+    [completions] = OpenAIBackend("stub-model", engine(stub.url)).generate(
+        [CONVERSATION], sampling)
+    assert [c.num_tokens for c in completions] == [None, None]
+
+    problem = Problem(id="a", question="What is 2 + 3?", gold_answer="5")
+    traces = [make_trace(problem, i, c, [m.model_dump() for m in CONVERSATION], "stub-model",
+                         load_template("plain"), sampling_record(sampling, None))
+              for i, c in enumerate(completions)]
+    assert all(t.num_tokens is None for t in traces)
+    with pytest.raises(InputError, match="no num_tokens"):
+        check_lengths_present(traces[0], FilterConfig(min_tokens=5))
+    # Without a threshold nothing is rejected for its length.
+    _, rejected, _ = filter_traces(traces, FilterConfig())
+    assert not any("too_short" in r["reasons"] for r in rejected)
+
+
+def served_reply(weights: dict[str, float | None]) -> Callable[[int, dict], tuple[int, dict]]:
+    """A server whose 'weights' set its logprobs (None: it sends none); always answers 5."""
+    def reply(number: int, body: dict) -> tuple[int, dict]:
+        lp = weights["lp"]
+        choice = {"index": 0, "message": {"role": "assistant", "content": "So \\boxed{5}."},
+                  "finish_reason": "stop",
+                  "logprobs": None if lp is None else {"content": [
+                      {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
+                      for t in ("So", " \\boxed{5}", ".")]}}
+        return 200, {"id": "x", "object": "chat.completion", "created": 0,
+                     "model": "stub-model", "choices": [choice],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+    return reply
+
+
+def _evaluate_over(stub: Stub, out: Path, problems: Path) -> dict:
+    from cotdistill.evaluate import EvaluateConfig, run_evaluate
+
+    run_evaluate(EvaluateConfig(problems=problems, out=out, model=["teacher=stub-model"],
+                                backend="openai", base_url=stub.url, prompt_template="plain",
+                                latency_prompts=0, bootstrap_resamples=20), tables=False)
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_reserved_changed_model_under_the_same_name_is_not_reused(
+    stub_factory, tmp_path: Path
+) -> None:
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    weights: dict[str, float | None] = {"lp": -0.5}
+    stub = stub_factory(served_reply(weights))
+
+    def evaluation_posts() -> int:
+        return sum(r[2]["messages"][-1]["content"] == "2 + 3?" for r in stub.posts())
+
+    _evaluate_over(stub, tmp_path / "eval", problems)
+    assert evaluation_posts() == 1
+    # Same server, same weights: the samples are reused.
+    again = _evaluate_over(stub, tmp_path / "eval", problems)
+    assert evaluation_posts() == 1 and again["models"]["teacher"]["cached"] is True
+    # Re-served under the same name with other weights: the probe tells, the model runs again.
+    weights["lp"] = -0.9
+    changed = _evaluate_over(stub, tmp_path / "eval", problems)
+    assert evaluation_posts() == 2 and not changed["models"]["teacher"].get("cached")
+
+
+def test_a_served_model_nothing_identifies_is_never_cached_and_the_report_says_so(
+    stub_factory, tmp_path: Path
+) -> None:
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
+    stub = stub_factory(served_reply({"lp": None}))  # no logprobs: the probe cannot tell
+    _evaluate_over(stub, tmp_path / "eval", problems)
+    summary = _evaluate_over(stub, tmp_path / "eval", problems)
+    teacher = summary["models"]["teacher"]
+    assert not teacher.get("cached") and "cannot identify" in teacher["cache_off"]
+    assert sum(r[2]["messages"][-1]["content"] == "2 + 3?" for r in stub.posts()) == 2
+    assert "samples are not cached" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_stable_card_drops_what_the_server_makes_up_per_request() -> None:
+    from cotdistill.backends.openai_backend import stable_card
+
+    now = 1_800_000_000.0
+    vllm_card = {"id": "m", "object": "model", "created": int(now), "owned_by": "vllm",
+                 "root": "/models/m", "max_model_len": 4096,
+                 "permission": [{"id": "modelperm-123", "created": int(now)}]}
+    assert stable_card(vllm_card, now) == {"id": "m", "owned_by": "vllm", "root": "/models/m",
+                                           "max_model_len": 4096}
+    dated = {"id": "gpt", "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+    assert stable_card(dated, now)["created"] == 1_700_000_000

@@ -26,7 +26,8 @@ from cotdistill.records import Message
 class Completion:
     text: str
     finish_reason: str | None
-    num_tokens: int
+    # None when the backend cannot count them (a server without logprobs, n > 1).
+    num_tokens: int | None
     # Log-probability of each sampled token (raw model distribution); None if unavailable.
     token_logprobs: list[float] | None
     # Thinking returned apart from the text (a server's `reasoning_content`); `text` is then

@@ -250,7 +250,8 @@ class FleetBackend:
                     # (they may have to wait for the probe now, with a deadline).
                     wake.notify(1) if endpoint.up else wake.notify_all()
             endpoint.samples += len(completions)
-            endpoint.tokens += sum(c.num_tokens for c in completions)
+            # Unknown counts (no logprobs, n > 1) add nothing rather than fail the request.
+            endpoint.tokens += sum(c.num_tokens or 0 for c in completions)
             show(len(completions))
             return completions
         raise AssertionError("unreachable")
@@ -290,6 +291,13 @@ class FleetBackend:
         return " | ".join(
             f"{e.where.split('//')[-1]} " + (f"{e.rate():.0f} tok/s" if e.up else "DOWN")
             for e in self.endpoints)
+
+    def weights_fingerprint(self) -> str | None:
+        """The weights' identity when every endpoint that answers serves the same ones (each
+        probed as the plain backend does); None when one cannot tell or they differ."""
+        prints = {e.backend.weights_fingerprint() for e in self.endpoints
+                  if e.up and e.backend is not None}
+        return prints.pop() if len(prints) == 1 else None
 
     def endpoint_report(self) -> list[dict[str, Any]]:
         return [{"url": e.where, "up": e.up, "requests_ok": e.requests - e.failures,

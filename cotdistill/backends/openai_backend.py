@@ -12,9 +12,12 @@ logged or written.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,10 +41,34 @@ def _template_options(engine: EngineConfig) -> dict[str, Any]:
     return {"extra_body": {"chat_template_kwargs": kwargs}} if kwargs else {}
 
 
+# The weights probe (`OpenAIBackend.weights_fingerprint`): one fixed greedy request whose tokens
+# and log-probabilities change when the weights behind a served name change.
+PROBE_MESSAGES = [{"role": "user", "content": "Count from 1 to 5, then name three colours."}]
+PROBE_TOKENS = 12
+# Log-probabilities are compared at this many decimals: batch and kernel noise stays below it,
+# a changed checkpoint does not; a difference only costs a cache miss.
+PROBE_DECIMALS = 2
+# Card fields that say nothing about the weights: `permission` holds ids made per request.
+CARD_VOLATILE = ("permission", "object")
+# vLLM stamps `created` with the time of each /v1/models request; a real creation date (OpenAI's
+# own models) is older than this, and only then does it identify anything.
+CARD_CREATED_MIN_AGE_S = 86_400.0
+
+
+def stable_card(card: dict[str, Any], now: float) -> dict[str, Any]:
+    """The parts of a /v1/models card that identify what is served (id, root, parent,
+    owned_by, max_model_len, a creation date that is not the request's own time)."""
+    kept = {k: v for k, v in card.items() if k not in CARD_VOLATILE}
+    created = kept.get("created")
+    if isinstance(created, int | float) and now - created < CARD_CREATED_MIN_AGE_S:
+        kept.pop("created")
+    return kept
+
+
 def message_completion(
     message: Any,
     finish_reason: str | None,
-    num_tokens: int,
+    num_tokens: int | None,
     logprobs: list[float] | None,
     tokens: list[str] | None,
 ) -> Completion:
@@ -106,6 +133,7 @@ class OpenAIBackend:
             print(f"openai backend: ${engine.api_key_env} is not set; sending no API key",
                   file=sys.stderr)
         self.api_key = key or "EMPTY"  # the client wants a string; local servers ignore it
+        self.card: dict[str, Any] = {}
         self.model = self._check_served(model)
 
     def _client(self) -> Any:
@@ -123,25 +151,57 @@ class OpenAIBackend:
         """Ask the server what it serves (GET /v1/models) before any work: `model` must be one
         of them; without one, the first is taken."""
 
-        async def listed() -> list[str]:
+        async def listed() -> list[Any]:
             client = self._client()
             try:
-                return [m.id for m in (await self._with_retries(client.models.list)).data]
+                return list((await self._with_retries(client.models.list)).data)
             finally:
                 await client.close()
 
-        served = asyncio.run(listed())
+        cards = asyncio.run(listed())
+        served = [m.id for m in cards]
         if not served:
             raise InputError("the server serves no model", file=self.where, field="base_url")
-        if model is None:
-            return served[0]
-        if model not in served:
+        if model is not None and model not in served:
             raise InputError(
                 f"the server serves {', '.join(map(repr, served))}, not {model!r}: start it "
                 f"with that model (vLLM: --served-model-name {model}) or name one it serves",
                 file=self.where, field="model",
             )
-        return model
+        chosen = served[0] if model is None else model
+        # Kept for `weights_fingerprint`: the card is what the server says about the model.
+        self.card = next(m for m in cards if m.id == chosen).model_dump()
+        return chosen
+
+    def weights_fingerprint(self) -> str | None:
+        """What identifies the weights behind the served name, or None when nothing does.
+
+        A name is not enough (a server restarted on a retrained checkpoint keeps it) and
+        neither is vLLM's card (its `root` is the path, whatever the files hold now). So one
+        greedy probe is sent and its tokens and log-probabilities, with the card's stable
+        fields, are hashed; a server that returns no log-probabilities cannot tell two close
+        checkpoints apart, so it gives None.
+        """
+
+        async def probe() -> Any:
+            client = self._client()
+            try:
+                return await self._with_retries(
+                    client.chat.completions.create, model=self.model, messages=PROBE_MESSAGES,
+                    n=1, temperature=0.0, max_tokens=PROBE_TOKENS, logprobs=True,
+                    **_template_options(self.engine),
+                )
+            finally:
+                await client.close()
+
+        response = asyncio.run(probe())
+        choice = response.choices[0]
+        content = choice.logprobs.content if choice.logprobs is not None else None
+        if not content:
+            return None
+        tokens = [[t.token, round(float(t.logprob), PROBE_DECIMALS)] for t in content]
+        identity = {"card": stable_card(self.card, time.time()), "probe": tokens}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     async def _with_retries(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         import openai
@@ -213,13 +273,16 @@ class OpenAIBackend:
         for choice in sorted(response.choices, key=lambda c: c.index):
             content = choice.logprobs.content if choice.logprobs is not None else None
             logprobs = [float(t.logprob) for t in content] if content is not None else None
+            num_tokens: int | None
             if logprobs is not None:
                 num_tokens = len(logprobs)
             elif usage is not None and len(response.choices) == 1:
                 # A server that ignores `logprobs` still reports the token count in `usage`.
                 num_tokens = usage.completion_tokens
             else:
-                num_tokens = 0
+                # `usage` sums all n choices: no count per sample. None, not 0, so a length
+                # threshold downstream says "no token counts" instead of rejecting everything.
+                num_tokens = None
             tokens = [t.token for t in content] if content is not None else None
             completions.append(
                 message_completion(choice.message, choice.finish_reason, num_tokens, logprobs,

@@ -12,8 +12,12 @@ Per model, from its served folder and its evaluation run:
   the Python/torch runtime; that one is kept beside it ("engine peak"), with the size of the
   reservation (the engine's KV blocks x block size x bytes per token);
 - single-request latency: the first `latency_prompts` evaluation prompts sent one at a time
-  (batch 1, after one warm-up request, greedy), time to first token, decode time per token,
-  and end-to-end p50/p95;
+  (batch 1, greedy), time to first token, decode time per token, and end-to-end p50/p95. The
+  engine has just served those prompts, and a prefix cache would hand their prefill back for
+  free, so each timed prompt starts with a tag the engine has never seen (`unseen`), which
+  makes every cache block of it new; the in-process vLLM engine's prefix cache is also reset
+  before each timed request, so a template prefix shared by all prompts is not reused either.
+  One warm-up request (its own tag) pays for lazy initialisation and is never timed;
 - batch throughput: output tokens per second of the evaluation run itself (whole batches).
 
 On the in-process vLLM engine the requests go through `LLM.llm_engine.add_request` / `step()`
@@ -30,6 +34,8 @@ only (no time to first token).
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -50,7 +56,7 @@ class Timing:
 
     ttft_s: float | None
     e2e_s: float
-    output_tokens: int
+    output_tokens: int | None  # None: the backend could not count them
     prompt_tokens: int | None
 
 
@@ -160,12 +166,36 @@ def model_memory(
 # --- latency -----------------------------------------------------------------------------------
 
 
+def unseen(conversation: list[Message], tag: str) -> list[Message]:
+    """The conversation with `tag` opening its first message. vLLM caches prefixes by blocks
+    chained on everything before them, so a new token at the very start leaves no cached block
+    of the prompt beyond the chat template's opening tokens."""
+    first, *rest = conversation
+    return [first.model_copy(update={"content": f"[{tag}] {first.content}"}), *rest]
+
+
+def fresh_tag() -> str:
+    """A tag no earlier request can have carried (a server outlives evaluation runs); letters
+    only, so no number joins a math question."""
+    return "ref " + "".join(secrets.choice(string.ascii_lowercase) for _ in range(10))
+
+
+def latency_prompts(
+    conversations: Sequence[list[Message]], tag: Callable[[], str] = fresh_tag
+) -> tuple[list[Message], list[list[Message]]]:
+    """(warm-up, timed): every prompt tagged apart, so none of them, the warm-up included,
+    was seen by the engine before, and the warm-up is not one of the timed prompts."""
+    return unseen(conversations[0], tag()), [unseen(c, tag()) for c in conversations]
+
+
 def _vllm_timings(
-    llm: Any, conversations: Sequence[list[Message]], sampling: SamplingConfig,
-    progress: Callable[[int], None], template_kwargs: Mapping[str, Any],
+    llm: Any, warmup: list[Message], conversations: Sequence[list[Message]],
+    sampling: SamplingConfig, progress: Callable[[int], None],
+    template_kwargs: Mapping[str, Any],
 ) -> tuple[list[Timing], dict[str, Any]]:
-    """Batch-1 requests through the in-process engine's add_request/step loop; also returns
-    the served dtype and the tokens the engine's KV cache reservation holds."""
+    """Batch-1 requests through the in-process engine's add_request/step loop, the prefix
+    cache reset before each timed one; also returns the served dtype, the tokens the engine's
+    KV cache reservation holds and whether every reset succeeded."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -198,10 +228,18 @@ def _vllm_timings(
         progress(1)
         return timing
 
+    def reset() -> bool:
+        # False when the engine refused (requests in flight) or has no prefix cache to reset.
+        clear = getattr(llm, "reset_prefix_cache", None)
+        return bool(clear()) if callable(clear) else False
+
     if engine.has_unfinished_requests():
         raise RuntimeError("latency needs an idle engine, and this one has requests in flight")
-    one("latency-warmup", conversations[0])  # first request pays for lazy initialisation
-    timings = [one(f"latency-{i}", c) for i, c in enumerate(conversations)]
+    one("latency-warmup", warmup)  # pays for lazy initialisation; never timed
+    timings, resets = [], []
+    for i, conversation in enumerate(conversations):
+        resets.append(reset())
+        timings.append(one(f"latency-{i}", conversation))
     dtype = getattr(getattr(engine, "model_config", None), "dtype", None)
     # The engine core reports its KV blocks back to the front end's config (core_client.py).
     cache = getattr(getattr(engine, "vllm_config", None), "cache_config", None)
@@ -209,15 +247,16 @@ def _vllm_timings(
     return timings, {
         "served_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "kv_cache_tokens": blocks * block_size if blocks and block_size else None,
+        "prefix_cache_reset": all(resets),
     }
 
 
 def _generic_timings(
-    backend: Any, conversations: Sequence[list[Message]], sampling: SamplingConfig,
-    progress: Callable[[int], None],
+    backend: Any, warmup: list[Message], conversations: Sequence[list[Message]],
+    sampling: SamplingConfig, progress: Callable[[int], None],
 ) -> list[Timing]:
     """Any backend: one `generate` call per prompt, end to end only."""
-    backend.generate([conversations[0]], sampling)  # warm-up
+    backend.generate([warmup], sampling)  # never timed
     progress(1)
     timings = []
     for conversation in conversations:
@@ -240,8 +279,9 @@ def summarize_latency(timings: Sequence[Timing]) -> dict[str, Any]:
     e2e = [t.e2e_s for t in timings]
     # Decode time per token after the first, where both ends are known.
     per_token = [(t.e2e_s - t.ttft_s) / (t.output_tokens - 1) for t in timings
-                 if t.ttft_s is not None and t.output_tokens > 1]
+                 if t.ttft_s is not None and t.output_tokens is not None and t.output_tokens > 1]
     prompts = [t.prompt_tokens for t in timings if t.prompt_tokens is not None]
+    outputs = [t.output_tokens for t in timings if t.output_tokens is not None]
     return {
         "requests": len(timings),
         "ttft_p50_s": _percentile(ttft, 50),
@@ -249,8 +289,7 @@ def summarize_latency(timings: Sequence[Timing]) -> dict[str, Any]:
         "e2e_p50_s": _percentile(e2e, 50),
         "e2e_p95_s": _percentile(e2e, 95),
         "decode_s_per_token_p50": _percentile(per_token, 50),
-        "mean_output_tokens": sum(t.output_tokens for t in timings) / len(timings)
-        if timings else None,
+        "mean_output_tokens": sum(outputs) / len(outputs) if outputs else None,
         "max_prompt_tokens": max(prompts) if prompts else None,
         "timings": [asdict(t) for t in timings],
     }
@@ -262,24 +301,28 @@ def measure_latency(
     sampling: SamplingConfig,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Batch-1 latency over `conversations` (one sample each, `sampling`'s other settings);
-    `progress(1)` after each request, the warm-up included (len + 1 calls)."""
+    """Batch-1 latency over `conversations` (one sample each, `sampling`'s other settings),
+    each sent as a prompt the engine has not seen (`latency_prompts`); `progress(1)` after each
+    request, the warm-up included (len + 1 calls)."""
     if not conversations:
         return None
     progress = progress or (lambda count: None)
     single = sampling.model_copy(update={"n": 1})
+    warmup, timed = latency_prompts(conversations)
     llm = getattr(backend, "llm", None)
     if getattr(llm, "llm_engine", None) is not None:
         # The backend's chat-template settings (thinking on/off), so the prompts are the same.
         template_kwargs = getattr(backend, "template_kwargs", None) or {}
-        timings, engine = _vllm_timings(llm, conversations, single, progress, template_kwargs)
+        timings, engine = _vllm_timings(llm, warmup, timed, single, progress, template_kwargs)
         method = "vllm engine step loop (wall clock)"
     else:
-        timings = _generic_timings(backend, conversations, single, progress)
-        engine = {"served_dtype": None, "kv_cache_tokens": None}
+        timings = _generic_timings(backend, warmup, timed, single, progress)
+        # A server's prefix cache cannot be reset from here; the tags keep the prompts unseen.
+        engine = {"served_dtype": None, "kv_cache_tokens": None, "prefix_cache_reset": None}
         method = f"{getattr(backend, 'name', 'backend')}: one generate call per prompt"
     return {"method": method, **engine, "max_tokens": single.max_tokens,
-            "temperature": single.temperature, **summarize_latency(timings)}
+            "temperature": single.temperature, "unseen_prompts": True,
+            **summarize_latency(timings)}
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -418,7 +461,10 @@ def render_deployment(table: Mapping[str, Mapping[str, Any]], reference: str) ->
         "reserved MB: that reservation (KV blocks x block size x bytes per token).",
         "Latency: " + (
             f"{', '.join(str(n) for n in requests)} evaluation prompts sent one at a time after "
-            f"one warm-up request ({'; '.join(methods)}); TTFT = time to first token, decode = "
+            f"one warm-up request ({'; '.join(methods)}), each opened by a tag the engine had "
+            "not seen, so no prefix cache served its prefill (the in-process vLLM engine's "
+            "prefix cache is also reset before each; the warm-up is not timed); TTFT = time to "
+            "first token, decode = "
             "(e2e - TTFT) / (tokens - 1), e2e = until the last token (it grows with the "
             "answer's length, decode does not)."
             if requests else "not measured (`latency_prompts: 0`)."

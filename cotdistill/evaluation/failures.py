@@ -7,7 +7,7 @@ answer):
   its samples on the problem correct);
 - `right_teacher_wrong`: correct on a problem the reference model got wrong;
 - `no_answer`: no answer could be extracted;
-- `token_limit`: generation stopped at the token limit (`finish_reason == "length"`);
+- `token_limit`: generation stopped at the token limit (`samples.is_truncated`);
 - `repeated`: more than `repeat_threshold` of its word n-grams repeat an earlier one (the
   filter's `repeat_share`, same n and threshold as its defaults).
 
@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cotdistill.evaluation.samples import Sample, by_problem, problem_scores
+from cotdistill.evaluation.samples import Sample, by_problem, is_truncated, problem_scores
 from cotdistill.textstats import repeat_share
 
 MODES = ("wrong_teacher_right", "right_teacher_wrong", "no_answer", "token_limit", "repeated")
@@ -54,7 +54,7 @@ def sample_modes(
         modes.append("right_teacher_wrong")
     if sample.predicted_answer is None:
         modes.append("no_answer")
-    if sample.finish_reason == "length":
+    if is_truncated(sample):
         modes.append("token_limit")
     if repeat_share(sample.completion, repeat_ngram) > repeat_threshold:
         modes.append("repeated")

@@ -21,7 +21,7 @@ class Sample(Protocol):
     completion: str
     predicted_answer: str | None
     correct: bool
-    num_tokens: int
+    num_tokens: int | None
     finish_reason: str | None
 
 
@@ -42,6 +42,14 @@ def problem_scores(samples: Iterable[Sample]) -> dict[str, float]:
         pid: sum(s.correct for s in group) / len(group)
         for pid, group in by_problem(samples).items()
     }
+
+
+def is_truncated(sample: Sample) -> bool:
+    """Cut at the token limit: the evaluation's own mark (`truncated`, which also catches a
+    backend that gives no finish reason), else the engine's `length` finish reason (samples
+    scored before the mark existed)."""
+    marked = getattr(sample, "truncated", None)
+    return bool(marked) if marked is not None else sample.finish_reason == "length"
 
 
 def category_of(sample: object) -> str | None:
