@@ -75,7 +75,7 @@ def main() -> None:
 
     from math_verify import parse
 
-    from cotdistill.answers import extract_answer
+    from cotdistill.answers.extract import extract_answer
     from tests.test_answers import TRAPS
 
     head = committed_extractor()

@@ -47,7 +47,9 @@ def worker(spec: dict) -> dict:
     """One training run in this process; returns its figures."""
     import torch
 
-    from cotdistill.train import TrainConfig, build_trainer, prepare, train_log_callback
+    from cotdistill.train.config import TrainConfig
+    from cotdistill.train.prepare import prepare
+    from cotdistill.train.trainer import build_trainer, train_log_callback
 
     config = TrainConfig(**spec["config"])
     prepared = prepare(config)
@@ -100,7 +102,7 @@ def interleaved(steps: int, batch_size: int, variants: list[str]) -> dict[str, d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cotdistill.models import resolve_model
-    from cotdistill.train import load_examples, tokenize_examples
+    from cotdistill.train.data import load_examples, tokenize_examples
 
     path, _ = resolve_model(None)
     tokenizer = AutoTokenizer.from_pretrained(path)

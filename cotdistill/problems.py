@@ -22,9 +22,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from cotdistill.answers import GoldError, GoldRule, read_gold
+from cotdistill.answers.gold import GoldError, GoldRule, read_gold
 from cotdistill.errors import InputError
-from cotdistill.records import Problem, parse_json_object, sha256_text
+from cotdistill.infra.files import parse_json_object, sha256_text
+from cotdistill.records import Problem
 
 AnswerFormat = Literal["auto", "gsm8k", "boxed", "raw"]
 
@@ -60,7 +61,7 @@ def in_shard(problem_id: str, index: int, count: int) -> bool:
 def parse_shard(spec: str) -> tuple[int, int]:
     """`I/N` -> (I, N); `auto` -> this Slurm array task's shard (cotdistill/executors/slurm.py)."""
     if spec == "auto":
-        from cotdistill.executors.slurm import array_shard
+        from cotdistill.infra.slurm import array_shard
 
         return array_shard()
     index, count = (int(x) for x in spec.split("/"))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cotdistill.config import read_yaml
 from cotdistill.errors import InputError
-from cotdistill.records import Message, sha256_text
+from cotdistill.infra.files import sha256_text
+from cotdistill.records import Message
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 

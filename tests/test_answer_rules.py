@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.answers import GoldError, extract_answer, extract_gold, read_gold
+from cotdistill.answers.extract import extract_answer
+from cotdistill.answers.gold import GoldError, extract_gold, read_gold
+from cotdistill.answers.workers import check_answers, group_equivalent, group_equivalent_many
 from cotdistill.errors import InputError
-from cotdistill.metrics import majority_correct, majority_vote
+from cotdistill.evaluate.measures.metrics import majority_correct, majority_vote
 from cotdistill.problems import LoadStats, load_problems
-from cotdistill.verify import check_answers, group_equivalent, group_equivalent_many
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "answers.md"
 

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 
 from cotdistill.backends.fake import FakeBackend
-from cotdistill.evaluate import EvaluateConfig, run_evaluate
-from cotdistill.filter import FilterConfig, filter_traces
-from cotdistill.pipeline import ControlDataConfig, PipelineConfig, plan, run_control_data
-from cotdistill.records import dump_line
+from cotdistill.evaluate.config import EvaluateConfig
+from cotdistill.evaluate.stage import run_evaluate
+from cotdistill.filter.config import FilterConfig
+from cotdistill.filter.stage import filter_traces
+from cotdistill.infra.files import dump_line
+from cotdistill.run.config import PipelineConfig
+from cotdistill.run.control import ControlDataConfig, run_control_data
+from cotdistill.run.plan import plan
 from tests.test_filter import trace
 
 # An answer said in words only: found by the last-number fallback, by nothing else.

@@ -7,14 +7,10 @@ import time
 
 import pytest
 
-from cotdistill.answers import extract_answer, extract_gold
-from cotdistill.verify import (
-    VerifyStats,
-    _verify_in_workers,
-    answer_key,
-    check_answers,
-    fast_verdict,
-)
+from cotdistill.answers.equivalence import VerifyStats, answer_key, fast_verdict
+from cotdistill.answers.extract import extract_answer
+from cotdistill.answers.gold import extract_gold
+from cotdistill.answers.workers import _verify_in_workers, check_answers
 
 EXTRACT = [
     # (text, expected answer)

@@ -39,7 +39,7 @@ def test_config_validates(path: Path) -> None:
     assert isinstance(raw, dict), f"{path.name}: not a YAML mapping"
     found = kind(raw)
     if found == "run":
-        from cotdistill.pipeline import plan
+        from cotdistill.run.plan import plan
 
         config = cd.load_config(cd.PipelineConfig, path)
         # Data paths in the shipped configs are relative to the repository root.
@@ -74,7 +74,7 @@ def test_kind(raw: dict[str, Any], expected: str) -> None:
 
 def test_a_bad_key_in_a_run_config_is_caught(tmp_path: Path) -> None:
     """What the glob test relies on: a typo in a stage section fails validation."""
-    from cotdistill.pipeline import plan
+    from cotdistill.run.plan import plan
 
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     raw["filter"]["dedupe"] = "near"  # the key is `dedup`

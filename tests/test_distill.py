@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.distill import distillation_loss
 from cotdistill.errors import InputError
-from cotdistill.train import TrainConfig, prepare, run_train
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.kd import distillation_loss
+from cotdistill.train.prepare import prepare
+from cotdistill.train.stage import run_train
 from tests.test_train import sft_record, write_sft
 
 
@@ -100,13 +102,14 @@ def test_different_tokenizers_stop_before_loading_models(
     from transformers import AutoTokenizer
 
     import cotdistill.train as train
+    import cotdistill.train.trainer as trainer
 
     other = tmp_path / "other_teacher"
     shutil.copytree(tiny_teacher, other)
     tok = AutoTokenizer.from_pretrained(other)
     tok.add_tokens(["<|think|>"])
     tok.save_pretrained(other)
-    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     data = write_sft(tmp_path / "sft.jsonl", [sft_record(0)])
     config = TrainConfig(data=[data], student=str(tiny_model), teacher=str(other),
                          out=tmp_path / "kd")
@@ -168,8 +171,8 @@ def write_teacher_topk(records: list[dict], student: Path, teacher: Path, folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cotdistill.backends import TopkTokens
-    from cotdistill.topk import TopkWriter, vocab_fingerprint
-    from cotdistill.train import SftRecord, to_example, tokenize_example
+    from cotdistill.topk_store import TopkWriter, vocab_fingerprint
+    from cotdistill.train.data import SftRecord, to_example, tokenize_example
 
     tok = AutoTokenizer.from_pretrained(student)
     model = AutoModelForCausalLM.from_pretrained(teacher)
@@ -249,7 +252,8 @@ def test_offline_topk_refuses_another_vocabulary_before_loading_weights(
     tiny_model: Path, tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import cotdistill.train as train
-    from cotdistill.topk import TopkWriter
+    import cotdistill.train.trainer as trainer
+    from cotdistill.topk_store import TopkWriter
 
     records = topk_records(2)
     data = write_sft(tmp_path / "sft.jsonl", records)
@@ -257,7 +261,7 @@ def test_offline_topk_refuses_another_vocabulary_before_loading_weights(
     # Same name, same size, another token -> id map.
     TopkWriter(folder, 4, {"tokenizer": str(tiny_model), "vocab_size": 512,
                            "vocab_sha256": "0" * 64})
-    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     config = TrainConfig(data=[data], student=str(tiny_model), kd="offline-topk",
                          topk_from=[tmp_path / "gen"], out=tmp_path / "kd")
     with pytest.raises(InputError, match="is not the teacher's") as info:
@@ -295,7 +299,7 @@ def test_on_policy_distillation_runs_two_steps(tiny_model: Path, tiny_teacher: P
 def test_logged_distill_kl_is_weighted_by_tokens_with_teacher_data() -> None:
     """A logging window's KL: the mean over the tokens that had teacher data, whatever the
     micro-batches (one without any must not count as KL 0), with their share beside it."""
-    from cotdistill.distill import KLWindow
+    from cotdistill.train.kd import KLWindow
 
     window = KLWindow()
     window.add(2.0, with_teacher=3, tokens=4)
@@ -317,7 +321,7 @@ def test_offline_topk_logged_kl_is_not_diluted_by_examples_without_teacher_rows(
     the other half (not half of it), and distill_kl_share says which share had rows."""
     from transformers import AutoTokenizer
 
-    from cotdistill.train import SftRecord, to_example, tokenize_example
+    from cotdistill.train.data import SftRecord, to_example, tokenize_example
 
     records = topk_records(8)
     with_rows = records[:4]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from cotdistill.cli import main
-from cotdistill.pipeline import PipelineConfig, plan
+from cotdistill.run.config import PipelineConfig
+from cotdistill.run.plan import plan
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -29,8 +30,8 @@ def _nothing_runs(*args: Any, **kwargs: Any) -> Any:
 def test_dry_run_prints_every_stage_with_its_resolved_config_and_writes_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("cotdistill.pipeline.default_stages", _nothing_runs)
-    monkeypatch.setattr("cotdistill.generate.make_backend", _nothing_runs)
+    monkeypatch.setattr("cotdistill.run.runner.default_stages", _nothing_runs)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", _nothing_runs)
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     _write_rows(train, [{"id": f"p{i}", "question": f"train question {i}", "answer": str(i)}
                         for i in range(20)])

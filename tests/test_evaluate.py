@@ -9,23 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from cotdistill.answers.equivalence import answer_key
 from cotdistill.backends.fake import FakeBackend
 from cotdistill.errors import InputError
-from cotdistill.evaluate import (
-    EvaluateConfig,
-    locate_models,
-    parameter_count,
-    parse_model_specs,
-    run_evaluate,
-)
-from cotdistill.metrics import (
+from cotdistill.evaluate.config import EvaluateConfig
+from cotdistill.evaluate.measures.metrics import (
     bootstrap_mean,
     bootstrap_ratio,
     expected_calibration_error,
     majority_correct,
     pass_at_k,
 )
-from cotdistill.verify import answer_key
+from cotdistill.evaluate.sources import locate_models, parameter_count, parse_model_specs
+from cotdistill.evaluate.stage import run_evaluate
 
 # --- metric functions --------------------------------------------------------------------------
 
@@ -362,7 +358,7 @@ def test_lora_student_is_evaluated_with_its_adapter(
 def test_truncated_output_has_no_answer_unless_it_closed_a_marker_before_the_cut(
     tmp_path: Path
 ) -> None:
-    from cotdistill.evaluate import completion_truncated
+    from cotdistill.evaluate.score import completion_truncated
 
     problems = write_problems(tmp_path / "p.jsonl", [
         {"id": "cut", "question": "What is 6 * 7?", "answer": "42"},
@@ -450,7 +446,8 @@ def test_a_model_known_by_name_only_is_never_reused(tmp_path: Path, problems_fil
 def test_maj_at_k_groups_equivalent_answers_and_counts_ties() -> None:
     # 0.5, 1/2 and \frac{1}{2} are one vote (3) against two wrong 0.25 votes; the second problem
     # ties 1-1 and the tie is reported.
-    from cotdistill.evaluate import EvalSample, summarize_model
+    from cotdistill.evaluate.config import EvalSample
+    from cotdistill.evaluate.summary import summarize_model
 
     def sample(pid: str, answer: str, correct: bool) -> EvalSample:
         return EvalSample(model="m", problem_id=pid, sample_index=0, question="q",

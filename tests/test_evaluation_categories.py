@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from cotdistill.backends.fake import FakeBackend
-from cotdistill.evaluate import EvalSample, EvaluateConfig, run_evaluate
-from cotdistill.evaluation.categories import (
+from cotdistill.evaluate.config import EvalSample, EvaluateConfig
+from cotdistill.evaluate.measures.categories import (
     category_results,
     length_quartiles,
     render_categories,
 )
+from cotdistill.evaluate.stage import run_evaluate
 
 
 def sample(model: str, pid: str, correct: bool, category: str | None = None,

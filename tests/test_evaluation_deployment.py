@@ -11,18 +11,18 @@ import pytest
 
 from cotdistill.backends.fake import FakeBackend
 from cotdistill.config import SamplingConfig
-from cotdistill.evaluate import EvaluateConfig, parameter_count, run_evaluate
-from cotdistill.evaluation.deployment import (
+from cotdistill.evaluate.config import EvaluateConfig
+from cotdistill.evaluate.measures.deployment import (
     DTYPE_BYTES,
     Timing,
-    deployment_table,
     disk_bytes,
-    measure_latency,
     model_memory,
-    render_deployment,
     served_dtype,
-    summarize_latency,
 )
+from cotdistill.evaluate.measures.deployment_table import deployment_table, render_deployment
+from cotdistill.evaluate.measures.latency import measure_latency, summarize_latency
+from cotdistill.evaluate.sources import parameter_count
+from cotdistill.evaluate.stage import run_evaluate
 from cotdistill.records import Message
 
 CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.evaluate import EvalSample
-from cotdistill.evaluation.failures import (
+from cotdistill.evaluate.config import EvalSample
+from cotdistill.evaluate.measures.failures import (
     failure_modes,
     render_failures,
     sample_cause,
     sample_modes,
 )
-from cotdistill.evaluation.plots import failure_plot
+from cotdistill.evaluate.measures.plots import failure_plot
 
 LOOP = "and then we add one " * 20  # 4-grams repeat: share far above 0.5
 
@@ -122,7 +122,7 @@ def test_without_a_reference_there_is_no_comparison() -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [("a b c a b c a b c", 4 / 7), ("a b", 0.0)])
 def test_repeat_share_is_shared_with_the_filter(text: str, expected: float) -> None:
-    from cotdistill import filter as filter_stage
+    from cotdistill.filter import summary as filter_stage
     from cotdistill.textstats import repeat_share
 
     assert filter_stage.repeat_share is repeat_share

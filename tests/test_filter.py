@@ -12,16 +12,11 @@ import pytest
 
 from cotdistill.cli import main as cli_main
 from cotdistill.errors import InputError
-from cotdistill.filter import (
-    Contamination,
-    FilterConfig,
-    filter_traces,
-    repeat_share,
-    run_filter,
-    similarity,
-    text_sketch,
-)
+from cotdistill.filter.config import FilterConfig
+from cotdistill.filter.contamination import Contamination, similarity, text_sketch
+from cotdistill.filter.stage import filter_traces, run_filter
 from cotdistill.records import Message, Sampling, Trace
+from cotdistill.textstats import repeat_share
 
 LONG_Q = (
     "Mia has 13 marbles and gets 7 more from her friend at the park today. "
@@ -361,8 +356,8 @@ def test_cli_flags_and_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_filters_what_generate_writes(tmp_path: Path) -> None:
     from cotdistill.backends.fake import FakeBackend
-    from cotdistill.config import GenerateConfig
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     def responder(question: str, index: int) -> str:
         total = sum(int(x) for x in re.findall(r"\d+", question))

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-import cotdistill.filter as filter_module
+import cotdistill.filter.stage as filter_module
 from cotdistill.errors import InputError
-from cotdistill.filter import FilterConfig, filter_traces, run_filter
+from cotdistill.filter.config import FilterConfig
+from cotdistill.filter.stage import filter_traces, run_filter
 from tests.test_filter import trace, write_traces
 
 

@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from cotdistill.filter import Contamination, similarity, text_sketch
+from cotdistill.filter.contamination import Contamination, similarity, text_sketch
 from cotdistill.textstats import repeat_share, units, words
 from tests.test_filter import reasons_of, trace
 

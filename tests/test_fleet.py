@@ -22,8 +22,9 @@ from cotdistill import cli
 from cotdistill.backends import make_backend
 from cotdistill.backends.fleet import FleetBackend, fleet_urls
 from cotdistill.backends.openai_backend import OpenAIBackend
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.errors import InputError, ServiceError
+from cotdistill.generate.config import GenerateConfig
 from cotdistill.records import Message
 
 
@@ -148,7 +149,7 @@ def test_an_endpoint_serving_another_model_is_refused_before_work(servers) -> No
 
 
 def test_requests_go_to_the_endpoint_with_fewest_in_flight(servers) -> None:
-    from cotdistill.progress import progress_bar
+    from cotdistill.infra.progress import progress_bar
 
     slow, fast = servers(delay=0.4), servers(delay=0.02)
     fleet = FleetBackend("m", engine(slow.url, fast.url, concurrency=2))

@@ -15,9 +15,10 @@ import pytest
 
 from cotdistill import cli
 from cotdistill.backends.fake import FakeBackend, add_numbers
-from cotdistill.config import GenerateConfig, load_config
+from cotdistill.config import load_config
 from cotdistill.errors import InputError
-from cotdistill.generate import run_generate
+from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.stage import run_generate
 from cotdistill.problems import question_id
 from cotdistill.prompts import load_template
 
@@ -161,7 +162,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr("cotdistill.models.resolve_model", refuse)
-    monkeypatch.setattr("cotdistill.generate.make_backend", refuse)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", refuse)
 
 
 @pytest.mark.usefixtures("no_model")
@@ -191,7 +192,7 @@ def test_cli_other_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
                                 words: str) -> None:
     from cotdistill.backends import make_backend  # the openai backend fails before any request
 
-    monkeypatch.setattr("cotdistill.generate.make_backend", make_backend)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", make_backend)
     problems = make_problems(tmp_path / "p.jsonl")
     status = cli.main(["generate", "--problems", str(problems), "--out", str(tmp_path / "o"),
                        *argv])
@@ -233,7 +234,7 @@ def test_cli_runs_with_yaml_and_flags(tmp_path: Path, monkeypatch: pytest.Monkey
         return made[-1]
 
     monkeypatch.setattr("cotdistill.models.resolve_model", lambda name: ("/models/x", "x"))
-    monkeypatch.setattr("cotdistill.generate.make_backend", fake_backend)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", fake_backend)
     problems = make_problems(tmp_path / "p.jsonl", 4)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(f"generate:\n  problems: {problems}\n  n: 3\n  max_tokens: 50\n"
@@ -300,7 +301,7 @@ def test_rerun_of_a_complete_set_does_not_start_the_engine(
     def refuse(*args, **kwargs):
         raise AssertionError("engine started for nothing")
 
-    monkeypatch.setattr("cotdistill.generate.make_backend", refuse)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", refuse)
     assert run_generate(cfg)["counts"]["samples"] == 10
 
 
@@ -337,7 +338,7 @@ def test_cli_refuses_a_mismatched_resume_with_status_2(
     def refuse(*args, **kwargs):
         raise AssertionError("engine started before the resume check")
 
-    monkeypatch.setattr("cotdistill.generate.make_backend", refuse)
+    monkeypatch.setattr("cotdistill.generate.single.make_backend", refuse)
     status = cli.main(["generate", "--problems", str(tmp_path / "problems.jsonl"), "--out",
                        str(tmp_path / "out"), "--n", "2", "--teacher", "t", "--top-p", "0.5"])
     assert status == 2
@@ -348,8 +349,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from cotdistill.backends.fake import FakeBackend, add_numbers
-    from cotdistill.config import GenerateConfig
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     def slow(question, index):
         time.sleep(0.02)

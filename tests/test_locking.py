@@ -17,10 +17,10 @@ import pytest
 
 from cotdistill.backends.fake import FakeBackend
 from cotdistill.cli import main as cli_main
-from cotdistill.config import GenerateConfig
 from cotdistill.errors import InputError
-from cotdistill.generate import run_generate
-from cotdistill.locking import LOCK, FolderLocked, locks_output, output_lock
+from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.stage import run_generate
+from cotdistill.infra.locking import LOCK, FolderLocked, locks_output, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,8 @@ SLOW_GENERATE = textwrap.dedent(
     """
     import sys, time
     from cotdistill.backends.fake import FakeBackend, add_numbers
-    from cotdistill.config import GenerateConfig
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     def slow(question, index):
         time.sleep(0.5)
@@ -93,7 +93,7 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from cotdistill.locking import output_lock
+    from cotdistill.infra.locking import output_lock
 
     with output_lock(Path(sys.argv[1]), "filter"):
         print("held", flush=True)

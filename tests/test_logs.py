@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cotdistill.errors import InputError
-from cotdistill.logs import logging_config, terminal_level
+from cotdistill.infra.logs import logging_config, terminal_level
 
 SCRIPT = r"""
 import logging, os, subprocess, sys, warnings
 from pathlib import Path
-from cotdistill.logs import capture_logs
+from cotdistill.infra.logs import capture_logs
 
 with capture_logs(Path(sys.argv[1]), None if sys.argv[2] == "quiet" else sys.argv[2]):
     print("stage line")

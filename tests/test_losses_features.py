@@ -15,7 +15,10 @@ from cotdistill.losses.attention import attention_loss, match_heads
 from cotdistill.losses.features import FeatureDistiller, FeatureSettings
 from cotdistill.losses.hidden import hidden_loss, layer_pairs
 from cotdistill.losses.relation import relation_loss, sequence_means
-from cotdistill.train import TrainConfig, build_trainer, prepare, run_train
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.prepare import prepare
+from cotdistill.train.stage import run_train
+from cotdistill.train.trainer import build_trainer
 from tests.test_train import sft_record, write_sft
 
 PROMPT = 5  # the first PROMPT positions of every row are the prompt (label -100)
@@ -363,7 +366,7 @@ def test_teachers_mix_distributions_and_one_teacher_equals_teacher(
 
 
 def _chain_config(tmp_path: Path, students: list[dict]) -> object:
-    from cotdistill.pipeline import PipelineConfig
+    from cotdistill.run.config import PipelineConfig
 
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text(json.dumps({"id": "p0", "question": "q", "answer": "1"}) + "\n")
@@ -374,7 +377,7 @@ def _chain_config(tmp_path: Path, students: list[dict]) -> object:
 
 
 def test_a_student_can_be_the_next_students_teacher(tmp_path: Path) -> None:
-    from cotdistill.pipeline import plan
+    from cotdistill.run.plan import plan
 
     config = _chain_config(tmp_path, [
         {"name": "mid", "init": {"keep_every": 2}, "train": {"teacher": "fake-teacher"}},
@@ -390,7 +393,7 @@ def test_a_student_can_be_the_next_students_teacher(tmp_path: Path) -> None:
     assert f"final={tmp_path / 'run' / 'students' / 'final' / 'model'}" in \
         steps["evaluate"].config.model  # each step of the chain is evaluated
     # The run's report shows the chain with each step's retention against its own teacher.
-    from cotdistill.pipeline import chain_lines
+    from cotdistill.run.report import chain_lines
 
     the_plan = plan(config)
     the_plan.evaluate_dir.mkdir(parents=True)

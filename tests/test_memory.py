@@ -6,7 +6,8 @@ import multiprocessing
 import time
 from typing import Any
 
-from cotdistill.evaluate import EvaluateConfig, stage_memory
+from cotdistill.evaluate.config import EvaluateConfig
+from cotdistill.evaluate.per_model import stage_memory
 
 HOLD = 600 * 2**20
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cotdistill.evaluate import EvalSample, retention, summarize_model
-from cotdistill.metrics import (
+from cotdistill.evaluate.config import EvalSample
+from cotdistill.evaluate.measures.metrics import (
     bootstrap_mean,
     bootstrap_ratio,
     calibration_bins,
     expected_calibration_error,
 )
+from cotdistill.evaluate.summary import retention, summarize_model
 
 # ---------------------------------------------------------------------------------------------
 # Calibration

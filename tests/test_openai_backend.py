@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from cotdistill.backends.openai_backend import OpenAIBackend
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig
+from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.errors import InputError, ServiceError
+from cotdistill.generate.config import GenerateConfig
 from cotdistill.records import Message
 
 CONVERSATION = [Message(role="user", content="What is 2 + 3?")]
@@ -251,7 +252,7 @@ def test_model_name_comes_from_the_server_when_not_given(stub_factory) -> None:
 
 
 def test_generate_stage_over_the_stub(stub_factory, tmp_path: Path) -> None:
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.stage import run_generate
 
     stub = stub_factory(lambda number, body: (200, chat_completion(body["n"])))
     problems = tmp_path / "p.jsonl"
@@ -269,7 +270,7 @@ def test_generate_stage_over_the_stub(stub_factory, tmp_path: Path) -> None:
 
 
 def _cli_generate(tmp_path: Path, url: str, *extra: str) -> list[str]:
-    from cotdistill.generate import run_generate  # noqa: F401  (the stage the CLI runs)
+    from cotdistill.generate.stage import run_generate  # noqa: F401  (the stage the CLI runs)
 
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"id": "a", "question": "2 + 3?", "answer": "5"}\n')
@@ -336,7 +337,7 @@ def test_an_unset_api_key_is_said_once(
 
 def test_base_url_credentials_never_reach_the_manifest(stub_factory, tmp_path: Path) -> None:
     from cotdistill.config import public_url
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.stage import run_generate
 
     stub = stub_factory(lambda number, body: (200, chat_completion(body["n"])))
     secret_url = stub.url.replace("http://", "http://bob:hunter2@")
@@ -353,7 +354,8 @@ def test_base_url_credentials_never_reach_the_manifest(stub_factory, tmp_path: P
 
 
 def test_run_over_a_server_evaluates_the_model_it_serves(stub_factory, tmp_path: Path) -> None:
-    from cotdistill.pipeline import PipelineConfig, plan
+    from cotdistill.run.config import PipelineConfig
+    from cotdistill.run.plan import plan
 
     stub = stub_factory(lambda number, body: (200, chat_completion()))
     problems = tmp_path / "p.jsonl"
@@ -418,7 +420,7 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_generate_against_a_real_vllm_server(
     vllm_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.stage import run_generate
 
     problems = tmp_path / "p.jsonl"
     problems.write_text("".join(
@@ -453,8 +455,9 @@ def test_several_samples_without_logprobs_have_no_token_count(stub_factory) -> N
     """n > 1 and no logprobs: `usage` sums all choices, so no sample has a count of its own.
     None (not 0) makes a length threshold fail with "no num_tokens" instead of rejecting
     every trace as too short."""
-    from cotdistill.filter import FilterConfig, check_lengths_present, filter_traces
-    from cotdistill.generate import make_trace, sampling_record
+    from cotdistill.filter.config import FilterConfig
+    from cotdistill.filter.stage import check_lengths_present, filter_traces
+    from cotdistill.generate.sample import make_trace, sampling_record
     from cotdistill.prompts import load_template
     from cotdistill.records import Problem
 
@@ -499,7 +502,8 @@ def served_reply(weights: dict[str, float | None]) -> Callable[[int, dict], tupl
 
 
 def _evaluate_over(stub: Stub, out: Path, problems: Path) -> dict:
-    from cotdistill.evaluate import EvaluateConfig, run_evaluate
+    from cotdistill.evaluate.config import EvaluateConfig
+    from cotdistill.evaluate.stage import run_evaluate
 
     run_evaluate(EvaluateConfig(problems=problems, out=out, model=["teacher=stub-model"],
                                 backend="openai", base_url=stub.url, prompt_template="plain",

@@ -12,15 +12,11 @@ import pytest
 
 from cotdistill.config import load_config
 from cotdistill.errors import InputError
-from cotdistill.pipeline import (
-    PipelineConfig,
-    Stages,
-    draw_unfiltered,
-    plan,
-    run_control_data,
-    run_pipeline,
-)
-from cotdistill.records import write_manifest
+from cotdistill.infra.files import write_manifest
+from cotdistill.run.config import PipelineConfig
+from cotdistill.run.control import draw_unfiltered, run_control_data
+from cotdistill.run.plan import plan
+from cotdistill.run.runner import Stages, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,7 +243,7 @@ def test_control_draws_as_many_traces_without_selection(tmp_path: Path) -> None:
 
 
 def test_control_data_stage_writes_sft_rows(tmp_path: Path) -> None:
-    from cotdistill.pipeline import ControlDataConfig
+    from cotdistill.run.control import ControlDataConfig
 
     kept = tmp_path / "kept.jsonl"
     rejected = tmp_path / "rejected.jsonl"
@@ -312,9 +308,9 @@ def graded_by_model(path: str, teacher: Path) -> Any:
 def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from cotdistill.backends.fake import FakeBackend
-    from cotdistill.evaluate import run_evaluate
-    from cotdistill.generate import run_generate
-    from cotdistill.pipeline import default_stages
+    from cotdistill.evaluate.stage import run_evaluate
+    from cotdistill.generate.stage import run_generate
+    from cotdistill.run.runner import default_stages
 
     data = ROOT / "data" / "word_problems"
     config = PipelineConfig.model_validate({
@@ -419,19 +415,19 @@ def test_cli_fresh_flag_applies_changed_generate_settings(
     from cotdistill.backends.fake import FakeBackend
     from cotdistill.cli import main
 
-    monkeypatch.setattr("cotdistill.generate.make_backend",
+    monkeypatch.setattr("cotdistill.generate.single.make_backend",
                         lambda *args, **kwargs: FakeBackend())
     monkeypatch.setattr("cotdistill.models.resolve_model", lambda name: ("/m", "fake"))
 
     def only_generate(config: PipelineConfig, stages: Any = None, source: Any = None) -> Any:
-        from cotdistill.pipeline import default_stages
+        from cotdistill.run.runner import default_stages
 
         fake = FakeStages()  # the real generate stage (over a fake backend), fakes after it
         return run_pipeline(config, Stages(
             default_stages().generate, fake.filter, fake.student_init, fake.train,
             run_control_data, fake.evaluate), source)
 
-    monkeypatch.setattr("cotdistill.pipeline.run_pipeline", only_generate)
+    monkeypatch.setattr("cotdistill.run.run_pipeline", only_generate)
     train = tmp_path / "train.jsonl"
     write_rows(train, [{"id": f"p{i}", "question": f"{i} + 1?", "answer": str(i + 1)}
                        for i in range(3)])
@@ -472,7 +468,8 @@ def test_evaluation_without_the_reference_model_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cotdistill.backends.fake import FakeBackend
-    from cotdistill.evaluate import EvaluateConfig, run_evaluate
+    from cotdistill.evaluate.config import EvaluateConfig
+    from cotdistill.evaluate.stage import run_evaluate
 
     problems = tmp_path / "p.jsonl"
     write_rows(problems, [{"id": "a", "question": "2 + 3?", "answer": "5"}])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.answers import extract_gold
+from cotdistill.answers.gold import extract_gold
 from cotdistill.errors import InputError
 from cotdistill.problems import ProblemFields, in_shard, load_problems, parse_shard, question_id
 
@@ -327,8 +327,10 @@ def test_category_and_template_reach_traces_and_evaluation_rows(
 ) -> None:
     from cotdistill.backends.fake import FakeBackend
     from cotdistill.cli import main as cli_main
-    from cotdistill.evaluate import EvaluateConfig, run_evaluate
-    from cotdistill.generate import GenerateConfig, run_generate
+    from cotdistill.evaluate.config import EvaluateConfig
+    from cotdistill.evaluate.stage import run_evaluate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     path = write_jsonl(tmp_path / "svamp.jsonl", SVAMP)
     keys = {"id_field": "ID", "answer_field": ["Answer"], "question_template": "{Body} {Question}",

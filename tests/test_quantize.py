@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cotdistill.cli import main
+from cotdistill.compress.quantize import QuantizeConfig, choose_group_size, run_quantize
 from cotdistill.config import validate_config
 from cotdistill.errors import InputError
-from cotdistill.quantize import QuantizeConfig, choose_group_size, run_quantize
 
 SCHEMES = ("w8a8", "w4a16")
 
@@ -195,8 +195,8 @@ def test_round_to_nearest_is_within_half_a_step(
 def test_evaluate_counts_and_marks_quantised_folders(
     quantized: dict[str, Path], tiny_model: Path
 ) -> None:
-    from cotdistill.evaluate import parameter_count
-    from cotdistill.evaluation.deployment import deployment_table, render_deployment
+    from cotdistill.evaluate.measures.deployment_table import deployment_table, render_deployment
+    from cotdistill.evaluate.sources import parameter_count
 
     parameters = parameter_count(tiny_model)
     models = {"teacher": {"served_path": str(tiny_model), "parameters": parameters,

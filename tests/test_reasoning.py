@@ -11,9 +11,12 @@ import pytest
 
 from cotdistill.backends.fake import FakeBackend
 from cotdistill.backends.openai_backend import OpenAIBackend
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, load_config
-from cotdistill.filter import CHECKS, FilterConfig, filter_traces, run_filter, sft_row
-from cotdistill.generate import run_generate
+from cotdistill.config import EngineConfig, SamplingConfig, load_config
+from cotdistill.filter.config import CHECKS, FilterConfig
+from cotdistill.filter.decide import sft_row
+from cotdistill.filter.stage import filter_traces, run_filter
+from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.stage import run_generate
 from cotdistill.prompts import load_template
 from cotdistill.reasoning import (
     Markers,
@@ -316,7 +319,9 @@ def test_sft_record_puts_the_thinking_back_inside_the_markers() -> None:
 
 
 def test_evaluate_reports_thinking_per_model() -> None:
-    from cotdistill.evaluate import evaluate_model, summarize_model, thinking_section
+    from cotdistill.evaluate.report import thinking_section
+    from cotdistill.evaluate.score import evaluate_model
+    from cotdistill.evaluate.summary import summarize_model
     from cotdistill.records import Problem
 
     answers = {0: FINISHED, 1: FINISHED.replace("\\boxed{5}.", "\\boxed{4}."),
@@ -349,7 +354,8 @@ def test_evaluate_reports_thinking_per_model() -> None:
 
 
 def test_shipped_reasoning_config_validates() -> None:
-    from cotdistill.pipeline import PipelineConfig, plan
+    from cotdistill.run.config import PipelineConfig
+    from cotdistill.run.plan import plan
 
     path = ROOT / "configs" / "reasoning_r1_qwen.yaml"
     config = load_config(PipelineConfig, path)

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from cotdistill.errors import InputError
-from cotdistill.train import TrainConfig, load_examples, prepare, run_train, tokenize_example
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.data import load_examples, tokenize_example
+from cotdistill.train.prepare import prepare
+from cotdistill.train.stage import run_train
 
 # Like DeepSeek-R1 distills: the generation prompt opens the thinking, and assistant turns lose
 # everything up to </think> (so a trace's thinking never reaches the trained tokens).
@@ -46,7 +49,7 @@ def with_template(model: Path, out: Path, template: str, extra_tokens: list[str]
 
 def reasoning_sft(path: Path, count: int = 4, thought: str = THOUGHT) -> Path:
     """sft.jsonl rows as the filter writes them for a reasoning teacher."""
-    from cotdistill.filter import sft_row
+    from cotdistill.filter.decide import sft_row
 
     rows = []
     for i in range(count):
@@ -204,9 +207,10 @@ def r1_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_generate_filter_against_a_real_server_with_a_reasoning_parser(
     r1_server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    from cotdistill.config import GenerateConfig
-    from cotdistill.filter import FilterConfig, run_filter
-    from cotdistill.generate import run_generate
+    from cotdistill.filter.config import FilterConfig
+    from cotdistill.filter.stage import run_filter
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
 
     url, model = r1_server
     problems = tmp_path / "p.jsonl"

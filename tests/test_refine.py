@@ -19,9 +19,15 @@ import pytest
 from pydantic import BaseModel
 
 from cotdistill.errors import InputError
-from cotdistill.pipeline import PipelineConfig, Stages, plan, run_control_data, run_pipeline
-from cotdistill.records import Problem, write_manifest
-from cotdistill.refine import PROBLEM_KEYS, SET_BY_RUN, check_held_out, select_round, split_ids
+from cotdistill.infra.files import write_manifest
+from cotdistill.records import Problem
+from cotdistill.run.config import PROBLEM_KEYS, PipelineConfig
+from cotdistill.run.control import run_control_data
+from cotdistill.run.plan import plan
+from cotdistill.run.refine.plan import SET_BY_RUN
+from cotdistill.run.refine.select import select_round, split_ids
+from cotdistill.run.refine.stages import check_held_out
+from cotdistill.run.runner import Stages, run_pipeline
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -63,7 +69,7 @@ class FakeStages:
                        started=time.time())
 
     def generate(self, config: Any) -> None:
-        from cotdistill.generate import problem_fields, select_problems
+        from cotdistill.generate.config import problem_fields, select_problems
         from cotdistill.problems import load_problems
 
         problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
@@ -94,7 +100,8 @@ class FakeStages:
         self._done("train", config, {"train_examples": len(rows)})
 
     def evaluate(self, config: Any) -> None:
-        from cotdistill.evaluate import load_eval_problems, parse_model_specs
+        from cotdistill.evaluate.sources import parse_model_specs
+        from cotdistill.evaluate.stage import load_eval_problems
 
         problems = load_eval_problems(config)
         rows = []
@@ -170,7 +177,7 @@ def test_split_is_seeded_and_stable() -> None:
 
 
 def test_paired_difference_interval() -> None:
-    from cotdistill.metrics import bootstrap_difference
+    from cotdistill.evaluate.measures.metrics import bootstrap_difference
 
     # Pairing: the same gain on every problem has no spread, whatever the problems' levels.
     same = bootstrap_difference([0.5, 1.0, 0.75], [0.25, 0.75, 0.5], resamples=200)
@@ -328,9 +335,9 @@ def test_a_round_with_the_real_stages(tmp_path: Path, tiny_teacher: Path) -> Non
     from the fake backend): the round validates on held-out problems, samples the failed ones
     and continues training from the student's weights."""
     from cotdistill.backends.fake import FakeBackend
-    from cotdistill.evaluate import run_evaluate
-    from cotdistill.generate import run_generate
-    from cotdistill.pipeline import default_stages
+    from cotdistill.evaluate.stage import run_evaluate
+    from cotdistill.generate.stage import run_generate
+    from cotdistill.run.runner import default_stages
 
     def right_when_even(path: str) -> Any:
         teacher = Path(path) == tiny_teacher
@@ -433,10 +440,10 @@ def _example(model: type[BaseModel], key: str, tag: str) -> list[Any]:
 
 
 def _stage_models() -> dict[str, tuple[str, str, type[BaseModel]]]:
-    from cotdistill.evaluate import EvaluateConfig
-    from cotdistill.filter import FilterConfig
-    from cotdistill.generate import GenerateConfig
-    from cotdistill.train import TrainConfig
+    from cotdistill.evaluate.config import EvaluateConfig
+    from cotdistill.filter.config import FilterConfig
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.train.config import TrainConfig
 
     # refine section -> (the run's section it is over, the round's step, its stage config)
     return {"validation": ("evaluate", "validate", EvaluateConfig),

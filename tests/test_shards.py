@@ -10,12 +10,13 @@ import pytest
 
 from cotdistill import cli
 from cotdistill.backends.fake import FakeBackend, add_numbers
-from cotdistill.config import GenerateConfig
 from cotdistill.errors import InputError
-from cotdistill.executors import check_coverage, shard_configs
-from cotdistill.executors.slurm import array_shard
-from cotdistill.filter import FilterConfig, run_filter
-from cotdistill.generate import run_generate
+from cotdistill.filter.config import FilterConfig
+from cotdistill.filter.stage import run_filter
+from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.shards import check_coverage, shard_configs
+from cotdistill.generate.stage import run_generate
+from cotdistill.infra.slurm import array_shard
 from cotdistill.problems import in_shard
 
 

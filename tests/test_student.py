@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 from cotdistill.cli import main
+from cotdistill.compress.student_init import (
+    StudentInitConfig,
+    chosen_layers,
+    cut_state_dict,
+    run_student_init,
+)
 from cotdistill.errors import InputError
-from cotdistill.student import StudentInitConfig, chosen_layers, cut_state_dict, run_student_init
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cotdistill.config import GenerateConfig
 from cotdistill.errors import InputError
-from cotdistill.generate import run_generate
-from cotdistill.topk import TopkStore, bytes_per_token
+from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.stage import run_generate
+from cotdistill.topk_store import TopkStore, bytes_per_token
 from tests.test_generate import ROOT, make_problems, read_traces
 from tests.topk_fake import TopkFakeBackend, fake_topk
 
@@ -106,8 +106,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from cotdistill.backends.fake import add_numbers
-    from cotdistill.config import GenerateConfig
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.config import GenerateConfig
+    from cotdistill.generate.stage import run_generate
     from tests.topk_fake import TopkFakeBackend
 
     def slow(question, index):
@@ -155,7 +155,8 @@ def test_kill_9_then_rerun_leaves_one_row_per_trace(tiny_model: Path, tmp_path: 
 
 
 def test_run_points_offline_topk_students_at_its_generate_stage(tmp_path: Path) -> None:
-    from cotdistill.pipeline import PipelineConfig, plan
+    from cotdistill.run.config import PipelineConfig
+    from cotdistill.run.plan import plan
 
     problems = make_problems(tmp_path / "p.jsonl", 3)
     values = {
@@ -171,7 +172,8 @@ def test_run_points_offline_topk_students_at_its_generate_stage(tmp_path: Path) 
 
 
 def test_run_adds_an_on_policy_stage_after_a_students_sft(tmp_path: Path) -> None:
-    from cotdistill.pipeline import PipelineConfig, plan
+    from cotdistill.run.config import PipelineConfig
+    from cotdistill.run.plan import plan
 
     problems = make_problems(tmp_path / "p.jsonl", 3)
     config = PipelineConfig.model_validate({
@@ -196,7 +198,7 @@ def test_run_adds_an_on_policy_stage_after_a_students_sft(tmp_path: Path) -> Non
 def test_the_issue_flags_exist() -> None:
     from cotdistill.cli import build_parser
     from cotdistill.config import load_config
-    from cotdistill.train import TrainConfig
+    from cotdistill.train.config import TrainConfig
 
     parser = build_parser()
     gen = parser.parse_args(["generate", "--topk-logprobs", "20"])
@@ -220,7 +222,7 @@ def test_the_issue_flags_exist() -> None:
 ])
 def test_align_uses_rows_only_up_to_the_first_differing_token(input_ids, sampled,
                                                               expected) -> None:
-    from cotdistill.topk import align
+    from cotdistill.train.topk_table import align
 
     mask = [0, 0] + [1] * (len(input_ids) - 2)
     assert align(input_ids, mask, sampled) == expected
@@ -231,7 +233,8 @@ def test_table_rows_follow_the_label_tokens_of_each_example(tmp_path: Path) -> N
     prefix (and of examples without top-k) are invalid."""
     import numpy as np
 
-    from cotdistill.topk import TopkWriter, build_table
+    from cotdistill.topk_store import TopkWriter
+    from cotdistill.train.topk_table import build_table
 
     writer = TopkWriter(tmp_path / "topk", 2, {"vocab_sha256": "x"})
     writer.write([(("a", 0), fake_topk("w1 w2 w3", 2)), (("b", 0), fake_topk("w4 w5", 2))])

@@ -11,10 +11,12 @@ import pytest
 
 from cotdistill.cli import main as cli_main
 from cotdistill.errors import InputError
-from cotdistill.filter import FilterConfig, run_filter
+from cotdistill.filter.config import FilterConfig
+from cotdistill.filter.stage import run_filter
+from cotdistill.infra.files import dump_line
 from cotdistill.problems import question_id
-from cotdistill.records import Message, Sampling, Trace, dump_line
-from cotdistill.traces_in import TraceFields, read_traces
+from cotdistill.records import Message, Sampling, Trace
+from cotdistill.traces import TraceFields, read_traces
 
 
 def write(path: Path, rows: list[dict[str, Any] | str]) -> Path:
@@ -236,7 +238,7 @@ def test_per_generation_logprobs_and_running_sample_index(tmp_path: Path) -> Non
 
 
 def test_train_reads_traces_of_every_shape(tmp_path: Path) -> None:
-    from cotdistill.train import load_examples
+    from cotdistill.train.data import load_examples
 
     ours = native("p0", ADD)
     path = write(tmp_path / "mixed.jsonl", [
@@ -408,7 +410,7 @@ def test_think_template_decides_whether_the_prompt_opened_the_thinking(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rendered: bool | None,
     cut_reason: str | None, note: str | None,
 ) -> None:
-    import cotdistill.filter as filter_module
+    import cotdistill.filter.opening as filter_module
 
     asked: list[str] = []
 
@@ -431,7 +433,7 @@ def test_foreign_trace_gold_with_no_single_answer_names_file_line_and_field(tmp_
     # A prose gold with two numbers is refused the way a problem set's is: file, line, field.
     import json
 
-    from cotdistill.traces_in import TraceFields, read_traces
+    from cotdistill.traces import TraceFields, read_traces
 
     path = tmp_path / "foreign.jsonl"
     rows = [{"question": "q1", "completion": "c", "answer": "42"},

@@ -9,17 +9,17 @@ import pytest
 
 from cotdistill.config import load_config
 from cotdistill.errors import InputError
-from cotdistill.train import (
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.data import (
     Tokenized,
-    TrainConfig,
     apply_teacher_weights,
-    build_trainer,
     load_examples,
-    prepare,
-    run_train,
     split_eval,
     tokenize_example,
 )
+from cotdistill.train.prepare import prepare
+from cotdistill.train.stage import run_train
+from cotdistill.train.trainer import build_trainer
 
 
 def sft_record(i: int, teacher: str = "t1") -> dict:
@@ -325,7 +325,7 @@ def test_resume_only_from_checkpoints_of_the_same_data_and_config(
 
 
 def test_stamp_names_what_changed(sft_file: Path, tmp_path: Path) -> None:
-    from cotdistill.train import run_stamp, stamp_difference
+    from cotdistill.train.checkpoints import run_stamp, stamp_difference
 
     base = run_stamp(fast(sft_file, Path("m"), tmp_path))
     assert stamp_difference(base, run_stamp(fast(sft_file, Path("m"), tmp_path,
@@ -413,7 +413,7 @@ def test_compile_runs_compiled_decoder_layers_with_the_same_losses(
         tiny_model: Path, sft_file: Path, tmp_path: Path) -> None:
     import torch
 
-    from cotdistill.train import run_train
+    from cotdistill.train.stage import run_train
 
     losses = {}
     for compiled in (False, True):

@@ -16,7 +16,9 @@ import pytest
 from cotdistill.errors import InputError
 from cotdistill.reasoning import join_reasoning
 from cotdistill.records import Message
-from cotdistill.train import TrainConfig, load_examples, prepare
+from cotdistill.train.config import TrainConfig
+from cotdistill.train.data import load_examples
+from cotdistill.train.prepare import prepare
 from tests.tiny import CHATML
 
 THOUGHT = "We add 2 and 3. Maybe 6? No: 2 + 3 = 5."

@@ -10,7 +10,8 @@ import pytest
 
 from cotdistill.backends.sizing import EnginePlan, GiB, MiB, Workload
 from cotdistill.backends.vllm_backend import engine_kwargs
-from cotdistill.config import EngineConfig, GenerateConfig, SamplingConfig, read_yaml
+from cotdistill.config import EngineConfig, SamplingConfig, read_yaml
+from cotdistill.generate.config import GenerateConfig
 from cotdistill.records import Message
 
 
@@ -107,7 +108,7 @@ def test_the_cpu_engine_starts_with_a_kv_cache_sized_in_bytes(backend, tiny_mode
 
 @pytest.mark.vllm
 def test_generate_with_the_real_engine(backend, tiny_model: Path, tmp_path: Path) -> None:
-    from cotdistill.generate import run_generate
+    from cotdistill.generate.stage import run_generate
 
     problems = tmp_path / "p.jsonl"
     problems.write_text("".join(
@@ -178,8 +179,8 @@ def test_topk_logprobs_are_captured_beside_the_traces(backend, tiny_model: Path,
     """`--topk-logprobs K` with the real engine: K ranked candidates per token, fp16 on disk."""
     import numpy as np
 
-    from cotdistill.generate import run_generate
-    from cotdistill.topk import TopkStore
+    from cotdistill.generate.stage import run_generate
+    from cotdistill.topk_store import TopkStore
 
     problems = tmp_path / "p.jsonl"
     problems.write_text("".join(

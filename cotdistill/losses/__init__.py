@@ -20,11 +20,10 @@ chunks of rows, so no (batch, length, vocab) fp32 tensor of either model is ever
 from __future__ import annotations
 
 from cotdistill.losses.chunked import IGNORE_INDEX, kd_loss, masked_rows, topk_kd_loss
+from cotdistill.losses.divergences import DIVERGENCES
 from cotdistill.losses.forward_kl import forward_kl
 from cotdistill.losses.jsd import generalized_jsd
 from cotdistill.losses.reverse_kl import reverse_kl
-
-DIVERGENCES = {"forward": forward_kl, "reverse": reverse_kl, "jsd": generalized_jsd}
 
 __all__ = ["DIVERGENCES", "IGNORE_INDEX", "forward_kl", "generalized_jsd", "kd_loss",
            "masked_rows", "reverse_kl", "topk_kd_loss"]

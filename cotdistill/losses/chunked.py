@@ -211,7 +211,7 @@ def kd_loss(
     Returns the loss and its parts for logging: per-token means of the divergence ("distill_kl",
     whichever divergence it is) and of the CE.
     """
-    from cotdistill.losses import DIVERGENCES
+    from cotdistill.losses.divergences import DIVERGENCES
 
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r} "

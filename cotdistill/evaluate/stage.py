@@ -1,0 +1,165 @@
+"""The evaluate stage: `run_evaluate` over the configured models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cotdistill.backends import make_backend
+from cotdistill.backends.sizing import Workload
+from cotdistill.errors import InputError
+from cotdistill.evaluate.cache import load_cached, sample_key, save_cached
+from cotdistill.evaluate.config import (
+    PER_MODEL,
+    REPORT,
+    RESULTS,
+    SUMMARY,
+    BackendFactory,
+    EvaluateConfig,
+    ModelRun,
+    Verifier,
+)
+from cotdistill.evaluate.per_model import model_summary, run_model
+from cotdistill.evaluate.report import (
+    accuracy_line,
+    decision_measures,
+    decision_plots,
+    no_reference,
+    render_report,
+    terminal_tables,
+)
+from cotdistill.evaluate.score import default_verifier
+from cotdistill.evaluate.sources import ModelSource, locate_models, parse_model_specs, weights_id
+from cotdistill.evaluate.summary import retention
+from cotdistill.infra.files import sha256_file, write_jsonl, write_manifest
+from cotdistill.infra.locking import locks_output
+from cotdistill.problems import ProblemFields, load_problems
+from cotdistill.prompts import load_template
+from cotdistill.records import Problem
+
+
+def check_problems(problems: Sequence[Problem]) -> None:
+    """Every evaluation problem needs a gold answer; say which one lacks it."""
+    for problem in problems:
+        if problem.gold_answer is None:
+            file, _, line = problem.source.rpartition(":")
+            raise InputError(
+                "evaluation problem has no gold answer",
+                file=file or None,
+                line=int(line) if line.isdigit() else None,
+                field="answer",
+            )
+
+
+def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
+    fields = ProblemFields(
+        question=tuple(config.question_field),
+        answer=tuple(config.answer_field),
+        id=config.id_field,
+        answer_format=config.answer_format,
+        template=config.question_template,
+        category=config.category_field,
+    )
+    problems = load_problems(Path(config.problems), fields)  # type: ignore[arg-type]
+    if config.limit is not None:
+        problems = problems[: config.limit]
+    check_problems(problems)
+    return problems
+
+
+@locks_output("evaluate")
+def run_evaluate(
+    config: EvaluateConfig,
+    backend_factory: BackendFactory | None = None,
+    verify: Verifier | None = None,
+    tables: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every `--model` on the problems; returns the manifest.
+
+    `tables=False` leaves the accuracy and deployment tables off the terminal (`run` prints
+    them once, in its own summary)."""
+    started = time.time()
+    if config.problems is None or config.out is None:
+        raise InputError("evaluate needs --problems and --out")
+    # All input checks come before the first model is loaded.
+    models = parse_model_specs(config.model)
+    if config.reference not in models:
+        print(f"evaluate: warning: {no_reference(config, models)}", file=sys.stderr)
+    problems = load_eval_problems(config)
+    template = load_template(config.prompt_template)
+    if config.backend == "openai":
+        sources = [ModelSource(n, s, s, None) for n, s in models.items()]
+    else:
+        sources = locate_models(models)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    workload = Workload.of(min(config.batch_size, len(problems)), config.n, config.max_tokens,
+                           (template.render(p.question) for p in problems))
+    factory = backend_factory or (
+        lambda path: make_backend(config.backend, path, config, workload=workload)
+    )
+    verify = verify or default_verifier(config.verify_timeout_s)
+
+    problems_hash = sha256_file(Path(config.problems))
+    weights = {s.name: weights_id(s, config, factory) for s in sources}
+    keys = {s.name: sample_key(config, weights[s.name], problems_hash, template)
+            for s in sources}
+    runs: dict[str, ModelRun] = {}
+    for source in sources:
+        key = keys[source.name]
+        # A model scored before with the same weights, problems and settings is not run again,
+        # so an interrupted evaluation resumes at the next model.
+        cached = load_cached(out / PER_MODEL, source.name, key) if key is not None else None
+        if cached is not None:
+            runs[source.name] = cached
+            print(f"evaluate: {source.name}: reusing its samples (same model and settings)")
+        else:
+            runs[source.name] = run_model(source, problems, template, config, factory, verify)
+            if key is not None:
+                save_cached(out / PER_MODEL, source.name, key, runs[source.name])
+            else:
+                runs[source.name].extra["cache_off"] = weights[source.name].how
+                print(f"evaluate: {source.name}: samples not cached: "
+                      f"{weights[source.name].how}", file=sys.stderr)
+        print(f"evaluate: {source.name} {accuracy_line(runs[source.name].samples)}")
+
+    write_jsonl(out / RESULTS, (s for run in runs.values() for s in run.samples))
+    summary: dict[str, Any] = {
+        "models": {name: model_summary(run, config) for name, run in runs.items()},
+        "retention": retention(
+            {name: run.samples for name, run in runs.items()},
+            config.reference,
+            resamples=config.bootstrap_resamples,
+            seed=config.bootstrap_seed,
+            level=config.confidence,
+        ),
+    }
+    from cotdistill.evaluate.plots import write_plots
+
+    summary.update(decision_measures({n: r.samples for n, r in runs.items()}, summary, config))
+    lengths = {name: [s.num_tokens for s in run.samples if s.num_tokens is not None]
+               for name, run in runs.items()}
+    summary["plots"] = [str(p) for p in write_plots(summary, lengths, out)]
+    summary["plots"] += decision_plots(summary, config, out)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    report = render_report(summary, config)
+    (out / REPORT).write_text(report)
+    manifest = write_manifest(
+        out,
+        stage="evaluate",
+        config=config,
+        inputs={str(config.problems): problems_hash,
+                **{s.spec: weights[s.name].value or "unidentified" for s in sources}},
+        counts={"problems": len(problems), "models": len(runs),
+                "samples": sum(len(r.samples) for r in runs.values())},
+        started=started,
+    )
+    if tables:
+        print(terminal_tables(report))
+    print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
+    return manifest

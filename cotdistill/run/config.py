@@ -1,0 +1,166 @@
+"""Settings of `cotdistill run`: the chain, its students, refinement rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from cotdistill.config import StrictModel
+
+if TYPE_CHECKING:
+    pass
+from typing import Literal
+
+DEFAULT_FRACTION = 0.1
+
+
+# The keys that say how to read a problems file; the split rewrites the problems in one form.
+PROBLEM_KEYS = ("question_field", "answer_field", "id_field", "question_template",
+                "category_field", "answer_format")
+
+
+class RefineConfig(StrictModel):
+    rounds: int = Field(gt=0, description="Refinement rounds after the student's training.")
+    student: str | None = Field(None, description="Student to refine; default: the first.")
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of the training problems set aside for "
+        f"validation (drawn among those with a gold answer); default {DEFAULT_FRACTION}.",
+    )
+    validation_size: int | None = Field(
+        None, gt=0, description="Validation problems, instead of validation_fraction.")
+    seed: int = Field(0, description="Seed of the validation split and of every draw.")
+    fail_below: float = Field(
+        0.5, gt=0, le=1, description="A validation problem is failed when the share of its "
+        "samples that are correct is below this (one greedy sample: when it is wrong).",
+    )
+    max_problems: int | None = Field(
+        None, gt=0, description="At most this many failed problems per round (a seeded draw), "
+        "so a weak student does not use up the validation set in one round; unset: all.",
+    )
+    samples: int = Field(8, gt=0, description="Teacher samples per selected problem.")
+    weak_category_problems: int = Field(
+        0, ge=0, description="Also sample this many training problems of each weak category "
+        "(validation accuracy below the student's mean); needs generate.category_field.",
+    )
+    validation: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill evaluate` keys for the validation, over "
+        "the run's evaluate section (its limit and latency do not apply).",
+    )
+    generate: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill generate` keys for the rounds, over the "
+        "run's generate section (n is `samples`).",
+    )
+    filter: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill filter` keys for the rounds, over the "
+        "run's filter section (e.g. max_per_problem: 4 to keep more traces of hard problems). "
+        "decontaminate entries are added to the run's (the evaluation problems and the filter "
+        "section's), never replace them.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill train` keys for each round, over the "
+        "student's own (e.g. epochs: 1).",
+    )
+
+
+_NAME = r"^[A-Za-z0-9_.\-]+$"
+
+
+class StudentPlan(StrictModel):
+    name: str = Field(pattern=_NAME, description="Student name in the report and folder name.")
+    start: str | None = Field(
+        None, description="Model to start from (folder or hub id); default: the teacher."
+    )
+    init: dict[str, Any] | None = Field(
+        None,
+        description="`cotdistill student init` keys (layers or keep_every): start from a "
+        "shallower copy of the teacher. Unset: start from the teacher itself.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill train` keys; data, student and out are set by run.",
+    )
+    on_policy: dict[str, Any] | None = Field(
+        None,
+        description="A second stage after `train`: on-policy distillation from the run's "
+        "teacher (`cotdistill train --kd on-policy` keys, e.g. max_steps, kd_loss); data, "
+        "student, teacher, kd and out are set by run. The student evaluated is its result.",
+    )
+
+
+class PipelineConfig(StrictModel):
+    """How nested sections override: a key set in a section replaces the value the stage would
+    otherwise get (from the defaults, the shared `engine:` keys, or, for `refine:`'s sections,
+    the run's own section or the refined student's `train:` keys), and a list is replaced whole,
+    never extended: `refine: {generate: {stop: [a]}}` gives the rounds exactly `[a]`. One kind
+    of key is added to instead: `decontaminate`, the problems a filter must never keep. Every
+    filter of a run (the main one and each refinement round's) decontaminates against the
+    run's `eval_problems`, plus the `decontaminate` entries of its own section and of the
+    sections it inherits from; an entry is added, never substituted, so `decontaminate: []`
+    removes nothing. Keys that connect the stages (paths, models, the rounds' `n` and how
+    they read the problems files the run writes) are set by `run` and refused in a section.
+    `cotdistill run --dry-run` prints every stage's resolved config.
+    """
+
+    out: Path = Field(Path("runs/demo"), description="Output folder; one sub-folder per stage.")
+    teacher: str | None = Field(
+        None, description="Teacher model folder or hub id; default: the embedded SmolLM2."
+    )
+    problems: Path | None = Field(None, description="Training problems the teacher solves.")
+    eval_problems: Path | None = Field(
+        None, description="Held-out problems: the evaluation set, always in the "
+        "decontamination set of every filter of the run (refinement rounds' too)."
+    )
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine keys shared by generate and evaluate (backend, dtype, "
+        "gpu_memory_utilization, seed, ...); a stage section can override them.",
+    )
+    generate: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill generate` keys; problems, out and teacher are set by run.",
+    )
+    filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill filter` keys; traces and out are set by run. The "
+        "evaluation problems are always added to decontaminate (entries given here are added "
+        "to them, never replace them).",
+    )
+    students: list[StudentPlan] = Field(
+        default_factory=list, description="Students to build and train on the kept traces."
+    )
+    control: Literal["none", "unfiltered"] = Field(
+        "none",
+        description="unfiltered: also train a control student on as many traces as were kept, "
+        "drawn from all generated traces without selection.",
+    )
+    control_of: str | None = Field(
+        None, description="Student whose start and training the control copies; default: first."
+    )
+    control_seed: int = Field(0, description="Seed of the control's random draw of traces.")
+    evaluate: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`cotdistill evaluate` keys; problems, model and out are set by run; "
+        "prompt_template defaults to generate's.",
+    )
+    evaluate_bases: bool = Field(
+        False, description="Also evaluate each student's starting point when it is not the teacher."
+    )
+    refine: RefineConfig | None = Field(
+        None, description="Iterative refinement of one student after its training: validate "
+        "on held-out training problems, sample the failed ones, filter, train on the union "
+        "(cotdistill/refine.py).",
+    )
+    fresh: list[str] = Field(
+        default_factory=list,
+        description="Redo these stages from scratch this time: generate, filter, a student's "
+        "name, evaluate, refine (the split and every round), a round (`NAME-round-R`), or "
+        "all. Each one's old folder is moved aside to "
+        "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
+    )
+    dry_run: bool = Field(
+        False, description="Print every planned stage (refinement rounds included), one JSON "
+        "object per line (stage, kind, folder, resolved config, inputs), and run nothing: no "
+        "folder is created, no engine loaded, no server asked.",
+    )
