@@ -72,7 +72,7 @@ def main() -> None:
     if not models:
         sys.path.insert(0, str(ROOT))
         from cotdistill.models import embedded_teacher_path
-        from tests.tiny import build_tiny_model
+        from tests.helpers.tiny import build_tiny_model
 
         tiny = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", layers=2)
         models = [str(tiny), str(embedded_teacher_path())]

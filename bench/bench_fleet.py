@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per server")
     args = parser.parse_args()
 
-    from tests.tiny import build_tiny_model
+    from tests.helpers.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "tiny")

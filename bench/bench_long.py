@@ -44,7 +44,7 @@ def build_model(out: Path, hidden: int, layers: int, vocab: str) -> tuple[Path, 
 
     if vocab == "small":
         sys.path.insert(0, str(ROOT))
-        from tests.tiny import build_tokenizer
+        from tests.helpers.tiny import build_tokenizer
 
         build_tokenizer(out)
         tokenizer = AutoTokenizer.from_pretrained(out)

@@ -65,7 +65,7 @@ def build_model(kind: str, out: Path) -> Path:
         return Path(resolve_model(None)[0])
     if kind == "small":
         sys.path.insert(0, str(ROOT))
-        from tests.tiny import build_tokenizer
+        from tests.helpers.tiny import build_tokenizer
 
         build_tokenizer(out)
         tokenizer = AutoTokenizer.from_pretrained(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import build_tiny_model
+from tests.helpers.tiny import build_tiny_model
 
 # No test may reach a model hub; everything is built or shipped locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -147,3 +147,16 @@ def test_the_checks_see_a_circle_and_an_upward_import():
              "cotdistill.run.plan": {"cotdistill.records"}}
     assert cycles(edges) == [["cotdistill.records", "cotdistill.run.plan"]]
     assert layer("cotdistill.records")[0] < layer("cotdistill.run.plan")[0]
+
+
+def test_tests_take_shared_helpers_from_tests_helpers_only():
+    # Tests mirror the package; what several test files share lives in tests/helpers/, so no
+    # test file imports another (a helper moved with its test would break the importer).
+    tests = PACKAGE.parent / "tests"
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if (module or "").startswith("tests.") and not module.startswith("tests.helpers"):
+                wrong.append(f"{path.relative_to(tests)}:{node.lineno} imports {module}")
+    assert wrong == []
