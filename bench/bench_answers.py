@@ -6,8 +6,8 @@
 
 Completions are word salad of `--words` words with numbers in it, ending in one of the answer
 forms a small model writes (`\\boxed{}`, `#### N`, "The answer is N ...", an answer in words).
-Also counts, on the issue-14 trap table of tests/foundations/test_answers.py, how many answers each method
-gets right. Writes bench/results/answers.md and bench/results/answers.json.
+Also counts, on the issue-14 trap table of tests/foundations/test_answers.py, how many answers
+each method gets right. Writes bench/results/answers.md and bench/results/answers.json.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def main() -> None:
     (out / "answers.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Answer extraction", "",
              f"{args.texts} synthetic completions of {args.words} words; {len(TRAPS)} trap cases "
-             "from tests/foundations/test_answers.py. `math_verify.parse` timed on a tenth of the texts.", "",
+             "from tests/foundations/test_answers.py. `math_verify.parse` timed on a tenth of "
+             "the texts.", "",
              "| method | texts/s | traps right |", "|---|---:|---:|"]
     for name in rates:
         lines.append(f"| {name} | {result['texts_per_second'][name]} | {traps[name]} of "

@@ -59,6 +59,18 @@ COMMANDS: dict[str, Command] = {
         "cotdistill.compress.student_init", "StudentInitConfig", "run_student_init", "student",
         "Build a shallower student from a teacher's embeddings, chosen layers and head.",
     ),
+    "student prune": Command(
+        "cotdistill.compress.prune", "PruneConfig", "run_prune", "prune",
+        "Prune a teacher's width (MLP channels, heads, hidden) and depth by measured importance.",
+    ),
+    "synthesize": Command(
+        "cotdistill.synthesize", "SynthesizeConfig", "run_synthesize", "synthesize",
+        "Make new labelled problems from seed problems (new numbers, rephrasings, ...).",
+    ),
+    "export": Command(
+        "cotdistill.compress.export", "ExportConfig", "run_export", "export",
+        "Export a model folder to one GGUF file for llama.cpp / Ollama.",
+    ),
     "evaluate": Command(
         "cotdistill.evaluate", "EvaluateConfig", "run_evaluate", "evaluate",
         "Score teacher and students on the same problems; report retention.",
@@ -70,6 +82,10 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "cotdistill.run", "PipelineConfig", "run_pipeline", "",
         "Generate, filter, train and evaluate from one YAML config.",
+    ),
+    "tune": Command(
+        "cotdistill.run.tune", "TuneConfig", "run_tune", "tune",
+        "Search generation, filter and training settings on a validation split (Optuna).",
     ),
 }
 

@@ -1,4 +1,5 @@
-"""The teacher-vs-student deployment table: size, memory, batch-1 latency, batch throughput.
+"""Size and memory of each evaluated model (the deployment table's inputs; latency in
+`latency.py`, the table in `deployment_table.py`).
 
 Per model, from its served folder and its evaluation run:
 

@@ -1,4 +1,4 @@
-"""Refinement: the validation split and which problems a round samples again."""
+"""The validation split, and which problems a refinement round samples again."""
 
 from __future__ import annotations
 

@@ -1,0 +1,2 @@
+"""Refinement rounds inside `cotdistill run`: a validation split, the weak problems sampled
+again, a report."""
