@@ -12,19 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from cotdistill.infra.plotting import pyplot
 
 
 def accuracy_plot(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """One bar per model with its bootstrap interval as an error bar."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(models)
     values = [models[n]["accuracy"] or 0.0 for n in names]
     intervals = [models[n]["accuracy_ci"] for n in names]
@@ -46,7 +39,7 @@ def accuracy_plot(models: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def reliability_plot(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Accuracy per confidence bin against the diagonal of perfect calibration."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     for name, m in models.items():
@@ -73,7 +66,7 @@ def reliability_plot(models: dict[str, dict[str, Any]], path: Path) -> Path:
 
 def length_plot(lengths: dict[str, Sequence[int]], path: Path) -> Path:
     """Histogram of output tokens per sample, one panel per model on a shared axis."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(lengths)
     fig, axes = plt.subplots(
         len(names), 1, figsize=(5.5, 1.6 * len(names) + 0.8), sharex=True, squeeze=False

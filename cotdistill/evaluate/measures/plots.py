@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.evaluate.measures.failures import CAUSES
+from cotdistill.infra.plotting import pyplot
 
 CAUSE_COLORS = {
     "correct": "#54a24b",
@@ -22,18 +23,9 @@ CAUSE_COLORS = {
 }
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def failure_plot(table: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """One stacked bar per model: share of samples per cause (they add up to 1)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(table)
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3.5, 3.8))
     bottoms = [0.0] * len(names)
@@ -58,7 +50,7 @@ def category_plot(table: Mapping[str, Any], reference: str, path: Path) -> Path 
     students = [n for n in (rows[0]["models"] if rows else {}) if n != reference]
     if not students:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) * len(students) + 2.5), 3.8))
     width = 0.8 / len(students)
     for k, name in enumerate(students):
