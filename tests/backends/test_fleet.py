@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.errors import InputError, ServiceError
 from cotdistill.generate.config import GenerateConfig
 from cotdistill.records import Message
-from tests.helpers.servers import Server, free_port
+from tests.helpers.servers import Server, start_vllm, stop, wait_ready
 
 
 @pytest.fixture
@@ -141,50 +140,14 @@ def test_all_endpoints_dead_is_one_line_exit_1(servers, tmp_path: Path,
         FleetBackend(None, engine(a.url, b.url))
 
 
-def start_vllm(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-             "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-             "--max-model-len", "512", "--seed", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}/v1"
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, deadline: float) -> None:
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"vLLM server not ready in time:\n{log.read_text()[-3000:]}")
-        time.sleep(1)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.vllm
 @pytest.mark.server
 def test_two_vllm_servers_one_killed_mid_run(tiny_model: Path, tmp_path: Path) -> None:
     procs = []
     try:
         for name in ("a", "b"):
-            procs.append(start_vllm(tiny_model, tmp_path / f"{name}.log"))
+            procs.append(start_vllm(tiny_model, tmp_path / f"{name}.log", memory=(),
+                                     env={"VLLM_CPU_KVCACHE_SPACE": "1"}))
         deadline = time.monotonic() + 360
         for (proc, url), name in zip(procs, ("a", "b"), strict=True):
             wait_ready(proc, url, tmp_path / f"{name}.log", deadline)

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +17,8 @@ from cotdistill.config import EngineConfig, SamplingConfig
 from cotdistill.errors import InputError, ServiceError
 from cotdistill.generate.config import GenerateConfig
 from cotdistill.records import Message
-from tests.helpers.servers import Stub, free_port
+from tests.helpers.servers import Stub
+from tests.helpers.servers import vllm_server as running_vllm
 
 CONVERSATION = [Message(role="user", content="What is 2 + 3?")]
 
@@ -306,40 +302,9 @@ def test_run_over_a_server_evaluates_the_model_it_serves(stub_factory, tmp_path:
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-             str(tiny_model), "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-             "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--seed", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready in 240 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with running_vllm(tiny_model, log) as url:
         yield url
-    finally:
-        # The server runs in its own session: signal the group, engine core process included.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.vllm

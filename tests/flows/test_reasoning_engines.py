@@ -155,51 +155,14 @@ def test_16k_token_trace_trains_padding_free_with_gradient_checkpointing(
 @pytest.fixture(scope="module")
 def r1_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny model, with <think> tokens and an R1-like template, behind a real server."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    from tests.helpers.servers import free_port
+    from tests.helpers.servers import vllm_server
 
     model = with_template(tiny_model, tmp_path_factory.mktemp("r1") / "model", STRIPPING,
                           ["<think>", "</think>"])
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-             "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-             "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--seed", "0",
-             "--reasoning-parser", "deepseek_r1"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"},
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready in 240 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with vllm_server(model, log, "--reasoning-parser", "deepseek_r1") as url:
         yield url, model
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.vllm

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class Server:
@@ -151,3 +158,60 @@ class Stub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def start_vllm(model: Path, log: Path, *extra: str,
+               memory: tuple[str, ...] = ("--gpu-memory-utilization", "0.1"),
+               env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real vLLM OpenAI-compatible server on a free loopback port, in its own session (so
+    `stop` can signal the engine core process too); returns it and its base URL."""
+    port = free_port()
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+             "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", *memory,
+             "--max-model-len", "512", "--seed", "0", *extra],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, deadline: float) -> None:
+    """Until the server lists its models; fails the test if it exits or the deadline passes."""
+    import pytest
+
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"vLLM server not ready in time:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Signal the server's process group (engine core included); kill it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def vllm_server(model: Path, log: Path, *extra: str, timeout: float = 240) -> Iterator[str]:
+    """A ready vLLM server for the duration of the block; yields its base URL."""
+    proc, url = start_vllm(model, log, *extra)
+    try:
+        wait_ready(proc, url, log, time.monotonic() + timeout)
+        yield url
+    finally:
+        stop(proc)
