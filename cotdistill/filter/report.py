@@ -1,4 +1,4 @@
-"""The filter's report: the funnel, votes per label, reasoning lengths, markdown."""
+"""The filter's report: the funnel, votes per label, reasoning lengths, yield, markdown."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from cotdistill.answers.equivalence import VerifyStats
 from cotdistill.filter.config import CHECKS, ORDER
 from cotdistill.filter.summary import Summary
+from cotdistill.filter.yield_report import yield_markdown, yield_report
 
 # ---------------------------------------------------------------------------------------------
 # Funnel and report
@@ -104,6 +105,7 @@ def build_report(summaries: Sequence[Summary], stats: VerifyStats | None = None)
             "missing_side": stats.unverifiable_missing, "timeouts": stats.timeouts,
             "workers_killed": stats.workers_killed, "seconds": round(stats.seconds, 3),
         },
+        "yield": yield_report(valid),
     }
 
 
@@ -229,6 +231,7 @@ def report_markdown(
             parts.append(f"| {name} | 0 | | | | |")
     if plot:
         parts += ["", f"![confidence]({plot})"]
+    parts += yield_markdown(report.get("yield"))
     parts += _votes_markdown(report)
     parts += _reasoning_markdown(report, reasoning_plot)
     return "\n".join(parts) + "\n"

@@ -50,6 +50,10 @@ class Summary:
     # Problems labelled by majority: votes for the label, and traces that voted.
     votes: int | None = None
     voters: int | None = None
+    # The yield report (filter/yield_report.py): which sample it was, how it ended, its limit.
+    sample_index: int = 0
+    finish_reason: str | None = None
+    max_tokens: int | None = None
 
 
 def confidence(trace: Trace) -> tuple[float | None, float | None]:
@@ -121,6 +125,9 @@ def summarize(
         reasoning_tokens=view.reasoning_tokens,
         answer_tokens=view.answer_tokens if view.reasoning is not None else None,
         finished_thinking=view.finished_thinking,
+        sample_index=trace.sample_index,
+        finish_reason=None if trace.finish_reason is None else sys.intern(trace.finish_reason),
+        max_tokens=None if trace.sampling is None else trace.sampling.max_tokens,
     )
 
 

@@ -10,6 +10,7 @@ from pydantic import (
 )
 
 from cotdistill.config import EngineConfig, SamplingConfig, ThinkConfig
+from cotdistill.errors import InputError
 from cotdistill.problems import ProblemFields, in_shard, parse_shard
 from cotdistill.records import Problem
 
@@ -75,6 +76,15 @@ class GenerateConfig(SamplingConfig, EngineConfig, ThinkConfig):
     batch_size: int = Field(
         256, gt=0, description="Problems per engine call; each batch is written when done."
     )
+    until_correct: int | None = Field(
+        None, ge=1, description="Sample each problem with a gold answer in waves of n until it "
+        "has K verified-correct finished traces (the filter's answer check) or max_samples "
+        "samples; problems without gold get n. Unset: n for every problem."
+    )
+    max_samples: int | None = Field(
+        None, gt=0, description="until_correct: the most samples one problem may cost "
+        "(at least n and at least until_correct)."
+    )
     think_in_prompt: Literal["auto", "yes", "no"] = Field(
         "auto",
         description="Whether the chat template opens the thinking in the prompt (R1 distills "
@@ -84,6 +94,30 @@ class GenerateConfig(SamplingConfig, EngineConfig, ThinkConfig):
 
 
 TRACES = "traces.jsonl"
+
+
+def check_adaptive(config: GenerateConfig) -> None:
+    """`--until-correct K --max-samples M`: what does not fit together, said before any work."""
+    k, m = config.until_correct, config.max_samples
+    if k is None:
+        if m is not None:
+            raise InputError("--max-samples needs --until-correct K", field="max_samples")
+        return
+    if m is None:
+        raise InputError("--until-correct needs --max-samples M (the budget per problem)",
+                         field="max_samples")
+    if m < k:
+        raise InputError(f"max_samples {m} < until_correct {k}: no problem could reach K",
+                         field="max_samples")
+    if m < config.n:
+        raise InputError(f"max_samples {m} < n {config.n}: the first wave is n samples",
+                         field="max_samples")
+    if config.temperature == 0:
+        raise InputError("--until-correct needs temperature > 0 (greedy waves repeat the same "
+                         "sample)", field="temperature")
+    if config.topk_logprobs:
+        raise InputError("--until-correct does not capture top-k logprobs yet; drop one of "
+                         "them", field="topk_logprobs")
 
 
 def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Problem]:

@@ -54,6 +54,7 @@ def recover_traces(
     n: int,
     expected: dict[str, Any] | None = None,
     problems: Mapping[str, Problem] | None = None,
+    adaptive: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """Complete problems already in `path`, repairing the file after a crash.
 
@@ -66,6 +67,11 @@ def recover_traces(
     (an edited problems file, another answer_format) is refused the same way: old and new
     gold answers must not mix in one dataset, and a trace of a problem the run no longer
     selects is refused too.
+
+    `adaptive` (`--until-correct`): a problem's samples are any run 0..m-1 (its waves so far,
+    a wave cut by a kill included: those samples were paid for), so every problem keeps its
+    longest such run and the rerun samples on from m. Without it, a problem holding more than
+    n samples (made by `--until-correct`) is refused: cutting it to n would throw them away.
     """
     if not path.exists():
         return {}
@@ -99,11 +105,18 @@ def recover_traces(
         by_problem[data["problem_id"]].append(data)
     if drop_duplicate_samples(by_problem, path):
         damaged = True  # rewrite the file without them
-    complete = {
-        pid: sorted(rows, key=lambda r: r["sample_index"])
-        for pid, rows in by_problem.items()
-        if sorted(r["sample_index"] for r in rows) == list(range(n))
-    }
+    if adaptive:
+        complete = {pid: kept for pid, rows in by_problem.items()
+                    if (kept := _leading_run(rows))}
+        if sum(map(len, complete.values())) != sum(map(len, by_problem.values())):
+            damaged = True
+    else:
+        _refuse_adaptive(by_problem, n, path)
+        complete = {
+            pid: sorted(rows, key=lambda r: r["sample_index"])
+            for pid, rows in by_problem.items()
+            if sorted(r["sample_index"] for r in rows) == list(range(n))
+        }
     if damaged or len(complete) != len(by_problem):
         tmp = path.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -113,6 +126,24 @@ def recover_traces(
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     return complete
+
+
+def _leading_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples 0, 1, ..., m-1 of one problem, up to the first missing index."""
+    by_index = {r["sample_index"]: r for r in rows}
+    run = []
+    while len(run) in by_index:
+        run.append(by_index[len(run)])
+    return run
+
+
+def _refuse_adaptive(by_problem: dict[str, list[dict[str, Any]]], n: int, path: Path) -> None:
+    for pid, rows in by_problem.items():
+        if any(r["sample_index"] >= n for r in rows):
+            raise InputError(
+                f"problem {pid!r} has {len(rows)} samples, more than n={n}: these traces were "
+                "made with --until-correct; rerun with --until-correct K --max-samples M, or "
+                f"{_START_OVER}", file=path, field="sample_index")
 
 
 def _check_resumable_row(

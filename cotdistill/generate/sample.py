@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -82,14 +82,20 @@ def sample_traces(
     markers: Markers = DEFAULT_MARKERS,
     opened: bool = False,
     on_batch: Callable[[list[Trace], list[Completion]], None] | None = None,
+    offsets: Mapping[str, int] | None = None,
+    record: Sampling | None = None,
 ) -> Iterator[list[Trace]]:
     """Yield the traces of each batch of problems (n per problem, in problem order).
 
     `progress(k)` is called as samples finish inside a batch, for a live progress bar.
     `markers` / `opened`: how a reasoning teacher's thinking is delimited (see make_trace).
     `on_batch(traces, completions)` sees each batch before it is yielded (top-k capture).
+    `offsets`: a problem's first sample index (a later wave of `--until-correct` numbers its
+    samples on from the ones before); `record`: the sampling written on each trace (the run's,
+    when a wave asks for fewer than its n).
     """
-    record = sampling_record(sampling, seed)
+    record = record if record is not None else sampling_record(sampling, seed)
+    offsets = offsets or {}
     for batch in batched(problems, batch_size):
         conversations = [template.render(p.question) for p in batch]
         if progress is None:
@@ -105,7 +111,7 @@ def sample_traces(
                 )
             traces.extend(
                 make_trace(problem, i, c, messages, teacher, template, record, markers, opened)
-                for i, c in enumerate(completions)
+                for i, c in enumerate(completions, start=offsets.get(problem.id, 0))
             )
         if on_batch is not None:
             on_batch(traces, [c for completions in results for c in completions])

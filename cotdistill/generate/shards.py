@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.errors import InputError
+from cotdistill.generate.adaptive import merge_summaries
 from cotdistill.generate.config import TRACES, GenerateConfig
 from cotdistill.generate.executors import make_executor
 from cotdistill.infra.files import sha256_file, write_manifest
@@ -69,7 +70,8 @@ def run_sharded(config: GenerateConfig, backend: Any = None) -> dict[str, Any]:
     print(f"generate: {len(problems)} problems in {len(shards)} shards on {executor.name}")
     manifests = executor.run(shards)
     dirs = [Path(s.out) for s in shards]  # type: ignore[arg-type]
-    check_coverage([p.id for p in problems], dirs, config.n)
+    adaptive = config.until_correct is not None
+    check_coverage([p.id for p in problems], dirs, None if adaptive else config.n)
     out = Path(config.out)  # type: ignore[arg-type]
     samples = merge_traces(dirs, out / TRACES)
     manifest = write_manifest(
@@ -85,15 +87,20 @@ def run_sharded(config: GenerateConfig, backend: Any = None) -> dict[str, Any]:
                "teacher": manifests[0].get("teacher") if manifests else None,
                "shards": [{"folder": d.name, "counts": m["counts"],
                            "wall_time_s": m.get("wall_time_s")}
-                          for d, m in zip(dirs, manifests, strict=True)]},
+                          for d, m in zip(dirs, manifests, strict=True)],
+               **({"adaptive": merge_summaries([m["adaptive"] for m in manifests])}
+                  if adaptive else {})},
     )
     print(f"generate: {len(shards)} shards merged, {len(problems)} problems, {samples} samples "
           f"-> {out / TRACES}")
     return manifest
 
 
-def check_coverage(problem_ids: Sequence[str], dirs: Sequence[Path], n: int) -> None:
-    """Every problem in exactly one shard, with samples 0..n-1 exactly once; else InputError."""
+def check_coverage(problem_ids: Sequence[str], dirs: Sequence[Path], n: int | None) -> None:
+    """Every problem in exactly one shard, with samples 0..n-1 exactly once; else InputError.
+
+    `n` None (`--until-correct`): each problem's samples are 0..m-1 once each, for its own m.
+    """
     where: dict[str, Path] = {}
     wanted = set(problem_ids)
     for folder in dirs:
@@ -113,9 +120,10 @@ def check_coverage(problem_ids: Sequence[str], dirs: Sequence[Path], n: int) -> 
                 raise InputError(f"problem {pid!r} is in two shards ({where[pid]} and {path})",
                                  file=path, field="problem_id")
             where[pid] = path
-            if sorted(indices) != list(range(n)):
+            expected = len(indices) if n is None else n
+            if sorted(indices) != list(range(expected)):
                 raise InputError(f"problem {pid!r} has samples {sorted(indices)}, expected "
-                                 f"0..{n - 1} once each", file=path, field="sample_index")
+                                 f"0..{expected - 1} once each", file=path, field="sample_index")
     missing = [pid for pid in problem_ids if pid not in where]
     if missing:
         raise InputError(f"{len(missing)} problems are in no shard (first: {missing[0]!r})",

@@ -11,7 +11,14 @@ from typing import Any
 from cotdistill.backends import Backend, make_backend
 from cotdistill.backends.sizing import Workload
 from cotdistill.errors import InputError
-from cotdistill.generate.config import TRACES, GenerateConfig, problem_fields, select_problems
+from cotdistill.generate.adaptive import Ledger, sample_until_correct
+from cotdistill.generate.config import (
+    TRACES,
+    GenerateConfig,
+    check_adaptive,
+    problem_fields,
+    select_problems,
+)
 from cotdistill.generate.resume import recover_traces, resume_key
 from cotdistill.generate.sample import sample_traces, sampling_record
 from cotdistill.generate.topk_capture import capture_summary, check_capture, start_capture
@@ -59,6 +66,8 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
     if config.temperature == 0 and config.n > 1:
         # n identical greedy samples are never wanted, and vLLM refuses the request.
         raise InputError("n > 1 needs temperature > 0 (greedy samples are identical)", field="n")
+    check_adaptive(config)
+    adaptive = config.until_correct is not None
     check_capture(config, backend)
     problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
     template = load_template(config.prompt_template)
@@ -82,12 +91,19 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
 
     try:
         existing = recover_traces(path, config.n, resume_key(teacher, template, sampling),
-                                  {p.id: p for p in problems})
+                                  {p.id: p for p in problems}, adaptive=adaptive)
     except InputError:
         if owned and backend is not None:
             backend.close()
         raise
-    todo = [p for p in problems if p.id not in existing]
+    markers = Markers(config.think_start, config.think_end)
+    opened = thinking_opened(config, model, template)
+    ledger: Ledger | None = None
+    if adaptive:  # what each problem has cost and bought so far decides its next wave
+        ledger = Ledger.of(problems, existing, markers, opened)
+        todo = [p for p in problems if ledger.next_wave(p, config) > 0]
+    else:
+        todo = [p for p in problems if p.id not in existing]
     try:  # top-k side file (cotdistill/topk.py): reconciled with the kept traces, engine-free
         topk_writer = start_capture(out, config, existing, bool(todo), model, backend)
     except InputError:
@@ -104,21 +120,29 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
             config.backend, model, config, workload=workload  # type: ignore[arg-type]
         )
 
-    new_tokens = 0
+    new_tokens = new_samples = 0
     gen_seconds = 0.0
-    bar = progress_bar(len(todo) * config.n, f"generate {teacher}")
+    total = ledger.worst_case(todo, config) if ledger is not None else len(todo) * config.n
+    bar = progress_bar(total, f"generate {teacher}")
     try:
         with open(path, "a", encoding="utf-8") as fh:
             tick = time.time()
-            for traces in sample_traces(
-                todo, template, backend, config, teacher, config.batch_size, config.seed,
-                progress=bar.update, markers=Markers(config.think_start, config.think_end),
-                opened=thinking_opened(config, model, template),
-                on_batch=topk_writer.write_batch if topk_writer else None,
-            ):
+            if ledger is not None:
+                batches = sample_until_correct(
+                    todo, template, backend, config, teacher, ledger, progress=bar.update,
+                    markers=markers, opened=opened)
+            else:
+                batches = sample_traces(
+                    todo, template, backend, config, teacher, config.batch_size, config.seed,
+                    progress=bar.update, markers=markers, opened=opened,
+                    on_batch=topk_writer.write_batch if topk_writer else None)
+            for traces in batches:
                 append_durably(fh, (dump_line(t) for t in traces))
                 gen_seconds += time.time() - tick
                 new_tokens += sum(t.num_tokens or 0 for t in traces)
+                new_samples += len(traces)
+                if ledger is not None:  # solved problems give their unspent budget back
+                    bar.total = bar.n + ledger.worst_case(todo, config)
                 bar.set_postfix(tok_s=f"{new_tokens / max(gen_seconds, 1e-9):.1f}")
                 tick = time.time()
     finally:
@@ -133,7 +157,7 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
         stage="generate",
         config=config,
         inputs={str(config.problems): sha256_file(Path(config.problems))},
-        counts={**counts, "new_samples": len(todo) * config.n, "new_output_tokens": new_tokens},
+        counts={**counts, "new_samples": new_samples, "new_output_tokens": new_tokens},
         started=started,
         extra={
             "teacher": teacher,
@@ -141,6 +165,8 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
             "output_tokens_per_s": tokens_per_s,
             "generation_time_s": round(gen_seconds, 3),
             "topk": capture_summary(out),
+            # --until-correct: problems by outcome, and what each one cost
+            **({"adaptive": ledger.summary(problems, config)} if ledger is not None else {}),
             # a fleet of servers: what each endpoint did, and which ones died
             **({"endpoints": backend.endpoint_report()}
                if hasattr(backend, "endpoint_report") else {}),
@@ -149,9 +175,20 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
     rate = f"{tokens_per_s:.1f} output tok/s" if tokens_per_s else "nothing new"
     print(
         f"generate: {counts['problems']} problems, {counts['samples']} samples "
-        f"({len(todo) * config.n} new, {rate}) in {time.time() - started:.0f} s -> {path}"
+        f"({new_samples} new, {rate}) in {time.time() - started:.0f} s -> {path}"
     )
+    if ledger is not None:
+        print(adaptive_line(manifest["adaptive"]))
     return manifest
+
+
+def adaptive_line(summary: dict[str, Any]) -> str:
+    """One line: how `--until-correct` spent the budget."""
+    p = summary["problems"]
+    return (f"generate: until {summary['until_correct']} correct or {summary['max_samples']} "
+            f"samples: {p['solved']} problems solved, {p['budget']} stopped at the budget, "
+            f"{p['no_gold']} without gold (n each); {summary['correct_traces']} correct traces, "
+            f"{summary['correct_per_1k_tokens']} per 1,000 output tokens")
 
 
 def _count_file(path: Path) -> dict[str, Any]:

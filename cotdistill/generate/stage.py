@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cotdistill.backends import Backend
-from cotdistill.generate.config import GenerateConfig
+from cotdistill.generate.config import GenerateConfig, check_adaptive
 from cotdistill.generate.single import run_single
 from cotdistill.infra.locking import locks_output
 
@@ -20,6 +20,7 @@ def run_generate(config: GenerateConfig, backend: Backend | None = None) -> dict
     Without `backend`, the configured one is built (after all input checks) and closed at the
     end; a backend passed in is used as it is and left open for the caller.
     """
+    check_adaptive(config)  # before any shard starts
     if config.shard == "auto":  # a Slurm array task: which shard it is comes from Slurm
         from cotdistill.infra.slurm import resolve_shard
 

@@ -1,4 +1,5 @@
-"""The run's report: the chain of stages and their manifests."""
+"""The run's report: the chain of stages and their manifests, and the yield of each filter
+stage (each round's, when refinement rounds run)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,43 @@ def _manifest_line(step: Step) -> str:
     if step.kind == "student_init":
         return ", ".join(f"{k} {v}" for k, v in counts.items())
     return ""
+
+
+def yield_lines(the_plan: Plan) -> list[str]:
+    """One row per filter stage: what the teacher's tokens bought (its report.json `yield`);
+    empty when no filter stage has written one."""
+    rows = []
+    for step in the_plan.steps:
+        if step.kind.removeprefix("refine_") != "filter":
+            continue
+        report_file = step.out / "report.json"
+        y = json.loads(report_file.read_text()).get("yield") if report_file.exists() else None
+        if not y:
+            continue
+        solved, t = y["solved_at_k"], y["truncation"]
+        if t["suggested_max_tokens"] is not None:
+            limit = str(t["suggested_max_tokens"])
+        else:
+            limit = f"> {t['max_tokens'][-1]}" if t["max_tokens"] else "?"
+        rows.append(
+            f"| {step.name} | {y['samples']} | {y['teacher_tokens']} | {y['kept']} | "
+            f"{_number(y['kept_per_1k_tokens'], 2)} | {_number(y['kept_per_sample'], 3)} | "
+            + (f"{solved[0]:.2f} | {solved[-1]:.2f} ({len(solved)}) | " if solved else "| | ")
+            + f"{_number(t['share'], 3)} | {limit} |")
+    if not rows:
+        return []
+    return ["## Yield", "",
+            "Kept traces per 1,000 teacher output tokens and per sample, by filter stage; "
+            "solved@k: share of problems with gold holding a correct trace among their first k "
+            "samples; the last column: the max_tokens that would cut < 2 % of samples (each "
+            "filter's report.md says more).", "",
+            "| filter stage | samples | teacher tokens | kept | kept / 1,000 tokens | "
+            "kept / sample | solved@1 | solved@k (k) | truncated | max_tokens for < 2 % cut |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "?" if value is None else f"{value:.{digits}f}"
 
 
 def chain_lines(the_plan: Plan) -> list[str]:
@@ -95,6 +133,7 @@ def pipeline_report(
             took += f" (took {manifest['wall_time_s']:.0f} s)"
         lines.append(f"| {step.name} | `{step.out}` | {took} | {_manifest_line(step)} |")
     lines += ["", f"This run: {seconds:.0f} s.", ""]
+    lines += yield_lines(the_plan)
     lines += chain_lines(the_plan)
     if the_plan.refinement is not None:
         lines += the_plan.refinement.report_lines(the_plan.steps[-1].config)
