@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             call()  # a dry run writes nothing, not even a log file, and loads no engine
             return 0
         # Engine and library logs go to <out>/logs/<command>.log unless --verbose/COTDISTILL_LOG.
-        log_file = log_file_for(getattr(config, "out", None), args.command_name)
+        # A command whose --out is a file (export) names the folder its logs go to.
+        log_file = log_file_for(getattr(config, "log_dir", getattr(config, "out", None)),
+                                args.command_name)
         with capture_logs(log_file, terminal_level(args.verbose)):
             call()
     except InputError as exc:

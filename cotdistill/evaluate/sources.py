@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
+from cotdistill.cards import is_identity_file
 from cotdistill.errors import InputError
 from cotdistill.evaluate.config import NAME_PATTERN, BackendFactory, EvaluateConfig
 from cotdistill.infra.files import sha256_file, sha256_text
@@ -53,11 +54,12 @@ def adapter_base(adapter: Path) -> str:
 
 
 def folder_hash(folder: Path) -> str:
-    """Hash of a model folder's own files; sub-folders (checkpoints) and manifests are not
-    part of the model, so a finished training run hashes the same whatever it left beside."""
-    skip = ("manifest.json", "pipeline.json", "train_log.jsonl")
+    """Hash of a model folder's own files: weights, config, tokenizer. Sub-folders
+    (checkpoints, the fp32 master), manifests, logs and the card are not part of the model, so
+    a finished training run hashes the same whatever it left beside, and evaluate adding its
+    rows to the card does not make the next evaluation sample the model again."""
     parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(folder.iterdir())
-             if p.is_file() and p.name not in skip]
+             if p.is_file() and is_identity_file(p.name)]
     return sha256_text("\n".join(parts))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from cotdistill.backends import make_backend
 from cotdistill.backends.sizing import Workload
+from cotdistill.cards import CARD, add_model_index
 from cotdistill.errors import InputError
 from cotdistill.evaluate.cache import load_cached, sample_key, save_cached
 from cotdistill.evaluate.config import (
@@ -159,7 +160,36 @@ def run_evaluate(
                 "samples": sum(len(r.samples) for r in runs.values())},
         started=started,
     )
+    for source in sources:
+        if config.backend != "openai" and add_measured_rows(source, summary, config,
+                                                            problems_hash):
+            print(f"evaluate: {source.name}: measured rows added to "
+                  f"{Path(source.adapter or source.path) / CARD}")
     if tables:
         print(terminal_tables(report))
     print(f"evaluate: wrote {out / REPORT}, {out / SUMMARY}, {out / RESULTS}")
     return manifest
+
+
+def add_measured_rows(source: ModelSource, summary: dict[str, Any], config: EvaluateConfig,
+                      problems_hash: str) -> bool:
+    """This evaluation's figures as `model-index` rows in the card of a student that `cotdistill
+    train` made (its folder, or its adapter's); never in a teacher's folder or a hub cache."""
+    folder = Path(source.adapter or source.path)
+    figures = summary["models"][source.name]
+    k = figures.get("samples_per_problem")
+    how = f"{k} sample{'s' if k != 1 else ''} per problem, T={config.temperature:g}"
+    metrics = [{"type": "accuracy", "name": f"accuracy (pass@1; {how})",
+                "value": round(figures["accuracy"], 4)}]
+    for key in (f"maj@{k}", f"pass@{k}"):
+        if figures.get(key) is not None:
+            metrics.append({"type": key.split("@")[0], "name": f"{key} ({how})",
+                            "value": round(figures[key], 4)})
+    kept = (summary.get("retention") or {}).get(source.name)
+    if kept and kept.get("value") is not None:
+        metrics.append({"type": "retention", "name": f"accuracy / {kept['reference']}'s "
+                        f"(paired bootstrap {kept['low']}..{kept['high']})",
+                        "value": round(kept["value"], 4)})
+    dataset = {"name": str(config.problems), "type": Path(str(config.problems)).stem,
+               "revision": problems_hash[:16]}
+    return add_model_index(folder, source.name, dataset, metrics)

@@ -15,7 +15,7 @@ from cotdistill.filter.config import FilterConfig
 from cotdistill.filter.contamination import Contamination, load_contamination
 from cotdistill.filter.decide import annotate, decide, sft_row
 from cotdistill.filter.opening import PromptOpening
-from cotdistill.filter.plots import plot_confidence, plot_reasoning_lengths
+from cotdistill.filter.plots import plot_confidence, plot_reasoning_lengths, plot_yield
 from cotdistill.filter.report import build_report, funnel_table, report_markdown
 from cotdistill.filter.shards import merge_filtered, shard_traces
 from cotdistill.filter.summary import (
@@ -228,10 +228,14 @@ def run_filter(config: FilterConfig) -> dict[str, Any]:
     (out / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
     counts = _write_outputs(config, summaries, out)
     plot = "confidence.png" if plot_confidence(summaries, out / "confidence.png") else None
+    report["yield"]["plot"] = plot_yield(report["yield"], out / "yield.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lengths_plot = out / "reasoning_lengths.png"
     lengths = lengths_plot.name if plot_reasoning_lengths(summaries, lengths_plot) else None
     (out / "report.md").write_text(report_markdown(report, plot, lengths))
+    from cotdistill.cards import write_dataset_card  # README.md: the Hub dataset card
+
+    write_dataset_card(out, config, report, counts)
     inputs = {str(p): sha256_file(Path(p)) for p in [*config.traces, *config.decontaminate]}
     f = report["funnel"]
     manifest = write_manifest(

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from cotdistill.cards import is_identity_file  # a card (README.md) is not the model
 from cotdistill.config import validate_config
 from cotdistill.errors import InputError
 from cotdistill.infra.files import (
@@ -72,7 +73,7 @@ def content_hash(path: Path, cache: dict[Path, str] | None = None) -> str | None
         value = sha256_file(path)
     else:
         parts = [f"{p.name}:{sha256_file(p)}" for p in sorted(path.iterdir())
-                 if p.is_file() and p.name not in (STAMP, "manifest.json")]
+                 if p.is_file() and p.name != STAMP and is_identity_file(p.name)]
         value = sha256_text("\n".join(parts))
     if cache is not None:
         cache[path] = value  # type: ignore[assignment]

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cotdistill.cards import is_identity_file
 from cotdistill.infra.files import sha256_file
 from cotdistill.train.config import CHECKPOINTS, RUN_STAMP, TrainConfig
 
 # Keys that change how often things are saved or logged, or where, but not the weights.
 _NOT_IN_STAMP = ("data", "out", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
-                 "resume", "merge", "compile")
+                 "resume", "merge", "compile", "save_dtype", "report_to", "run_name")
 
 
 def model_fingerprint(model: str | None) -> str | None:
@@ -23,7 +24,9 @@ def model_fingerprint(model: str | None) -> str | None:
     if model is None or not Path(model).is_dir():
         return None
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(model).iterdir() if p.is_file() and p.name != ".lock"):
+    # A card (README.md) documents the model; evaluate rewrites it (cards.py).
+    for file in sorted(p for p in Path(model).iterdir()
+                       if p.is_file() and is_identity_file(p.name)):
         size = file.stat().st_size
         digest.update(f"{file.name}:{size}\n".encode())
         with open(file, "rb") as fh:

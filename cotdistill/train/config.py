@@ -20,6 +20,9 @@ CHECKPOINTS = "checkpoints"
 RUN_STAMP = "run.json"  # beside the checkpoints: the data and config they were made from
 
 
+MASTER = "master"  # out/master: the fp32 weights a full fine-tune trained, when saved narrower
+
+
 class TrainConfig(StrictModel):
     data: list[Path] = Field(
         default_factory=list,
@@ -175,6 +178,17 @@ class TrainConfig(StrictModel):
         False, description="Compile each decoder layer with torch.compile (regional: one graph "
         "reused by every layer; the first step pays the compilation). Needs a C compiler on CPU."
     )
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the saved student (the one it is served in); auto: the "
+        "starting student's saved dtype (a cut or copy of the teacher: the teacher's). A full "
+        "fine-tune saved narrower than float32 keeps its fp32 master weights in out/master, "
+        "which later training from this folder starts from.")
+    report_to: Literal["none", "tensorboard", "trackio", "wandb"] = Field(
+        "none", description="Tracker TRL reports the losses to: tensorboard (event files in "
+        "out/tensorboard/RUN_NAME), trackio (local unless configured otherwise), wandb (its own "
+        "login and network); none: train_log.jsonl only.")
+    run_name: str | None = Field(
+        None, description="Name of the run in the tracker; default: the --out folder's name.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (unsafe).")
     chat_template: Path | None = Field(
         None,

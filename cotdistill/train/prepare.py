@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cotdistill.errors import InputError
@@ -59,6 +60,56 @@ class Prepared:
     eval_rows: list[Tokenized]
     offline: Any = None  # distill.OfflineKD with --kd offline-topk
     on_policy: Any = None  # --kd on-policy: {"train": [{"messages": ...}], "eval": [...]}
+    weights_path: str = ""  # where the student's weights load from: its fp32 master if it has one
+    save_dtype: str = "float32"  # what the trained student is saved (and served) in
+
+    def __post_init__(self) -> None:
+        self.weights_path = self.weights_path or self.student_path
+
+
+def starting_weights(student_path: str, lora: bool) -> str:
+    """The folder a full fine-tune loads: the student's fp32 master (out/master, left by an
+    earlier train that saved narrower) when there is one, so every round of training continues
+    from the weights that were trained, not from their bf16 rounding. LoRA trains none of the
+    base weights: it loads the folder that is served, which its adapter then names."""
+    from cotdistill.train.config import MASTER
+
+    master = Path(student_path) / MASTER
+    if not lora and (master / "config.json").is_file():
+        return str(master)
+    return student_path
+
+
+_SAVED_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def saved_dtype(path: str | None) -> str | None:
+    """The dtype a model is stored in: its safetensors headers, else its config's `dtype`."""
+    if path is None:
+        return None
+    from cotdistill.models import saved_dtypes
+
+    folder = Path(path)
+    if folder.is_dir():
+        found = {_SAVED_NAMES.get(d) for d in saved_dtypes(folder)}
+        if len(found) == 1 and None not in found:
+            return found.pop()
+    try:
+        from transformers import AutoConfig
+
+        value = AutoConfig.from_pretrained(path).get_text_config().dtype
+    except (OSError, ValueError):
+        return None
+    name = str(value).removeprefix("torch.") if value is not None else None
+    return name if name in _SAVED_NAMES.values() else None
+
+
+def resolve_save_dtype(config: TrainConfig, student_path: str, teacher_path: str | None) -> str:
+    """--save-dtype auto: the starting student's stored dtype (a copy or cut of the teacher
+    keeps the teacher's), else the teacher's, else float32."""
+    if config.save_dtype != "auto":
+        return config.save_dtype
+    return saved_dtype(student_path) or saved_dtype(teacher_path) or "float32"
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -67,6 +118,7 @@ def prepare(config: TrainConfig) -> Prepared:
 
     from cotdistill.models import load_pretrained, resolve_model
 
+    check_tracker(config)
     examples = load_examples(config.data)
     student_path, student_name = resolve_model(config.student)
     tokenizer = load_pretrained(AutoTokenizer, student_path, config.trust_remote_code, "student")
@@ -120,7 +172,24 @@ def prepare(config: TrainConfig) -> Prepared:
                             if (e.problem_id in held) == (part == "eval")]
                      for part in ("train", "eval")}
     return Prepared(student_path, student_name, teacher_path, teacher_name, tokenizer, stats,
-                    train_rows, eval_rows, kd, on_policy)
+                    train_rows, eval_rows, kd, on_policy,
+                    weights_path=starting_weights(student_path, config.lora),
+                    save_dtype=resolve_save_dtype(config, student_path, teacher_path))
+
+
+# --report-to -> the packages transformers' callback needs (any one of them).
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",),
+                     "wandb": ("wandb",)}
+
+
+def check_tracker(config: TrainConfig) -> None:
+    """A tracker whose package is missing stops here, not after the data and models load."""
+    import importlib.util
+
+    wanted = _TRACKER_PACKAGES.get(config.report_to, ())
+    if wanted and not any(importlib.util.find_spec(name) for name in wanted):
+        raise InputError(f"--report-to {config.report_to} needs the {wanted[0]!r} package "
+                         f"(pip install {wanted[0]}), or --report-to none", field="report_to")
 
 
 def feature_settings(config: TrainConfig) -> Any:

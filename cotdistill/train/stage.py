@@ -11,6 +11,7 @@ from cotdistill.errors import InputError
 from cotdistill.infra.files import sha256_file, write_manifest
 from cotdistill.infra.locking import locks_output
 from cotdistill.infra.logs import is_quiet
+from cotdistill.train.card import write_model_card
 from cotdistill.train.checkpoints import (
     is_finished,
     reload_finished,
@@ -20,7 +21,7 @@ from cotdistill.train.checkpoints import (
     step_of,
     trim_log,
 )
-from cotdistill.train.config import TRAIN_LOG, TrainConfig
+from cotdistill.train.config import MASTER, TRAIN_LOG, TrainConfig
 from cotdistill.train.device import (
     compile_layers,
     is_main_process,
@@ -29,7 +30,13 @@ from cotdistill.train.device import (
     use_cuda,
 )
 from cotdistill.train.prepare import prepare
-from cotdistill.train.trainer import build_trainer, quiet_progress, train_log_callback
+from cotdistill.train.trainer import (
+    build_trainer,
+    place_tracker_logs,
+    quiet_progress,
+    tensorboard_dir,
+    train_log_callback,
+)
 
 
 @locks_output("train", main_rank_only=True)
@@ -67,6 +74,7 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     # Measured over this stage only: inside one `cotdistill run`, each student gets its own.
     with stage_memory(cuda) as memory:
         trainer = build_trainer(config, prepared, out, [train_log_callback(log_path)])
+        place_tracker_logs(trainer, config, out)
         if config.compile:
             compile_layers(trainer.model)
         if is_quiet():
@@ -78,7 +86,7 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
                 resume_from_checkpoint=str(resume_from) if resume_from else None
             ).metrics
         eval_loss = final_eval_loss(trainer) if eval_rows else None
-        outputs = save_outputs(trainer, tokenizer, out, config)
+        outputs = save_outputs(trainer, tokenizer, out, config, prepared.save_dtype)
     if not trainer.is_world_process_zero():
         return {}  # rank 0 writes the manifest
 
@@ -121,10 +129,17 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
             if train_tokens and train_seconds else None,
             "device": "cuda" if cuda else "cpu",
             "dtype": str(train_dtype(config, cuda)).removeprefix("torch."),
+            "save_dtype": prepared.save_dtype,
+            "started_from": prepared.weights_path,
+            "tracker": None if config.report_to == "none" else {
+                "report_to": config.report_to, "run_name": trainer.args.run_name,
+                **({"logdir": str(tensorboard_dir(config, out))}
+                   if config.report_to == "tensorboard" else {})},
             "peak_memory_bytes": memory.peak_bytes,
             "peak_memory_what": memory.what,
         },
     )
+    write_model_card(out, config, manifest, log_path)
     loss = metrics.get("train_loss")
     print(f"train: {trainer.state.global_step} steps"
           + (f", loss {loss:.4f}" if loss is not None else "")
@@ -150,20 +165,51 @@ def _logged_tokens(log_path: Path) -> float | None:
     return tokens
 
 
-def save_outputs(trainer: Any, tokenizer: Any, out: Path, config: TrainConfig) -> dict[str, str]:
-    """Full fine-tune: a model folder in `out`. LoRA: the adapter there, merged in out/merged."""
-    trainer.save_model(str(out))  # every rank takes part (sharded weights are gathered)
+def save_outputs(trainer: Any, tokenizer: Any, out: Path, config: TrainConfig,
+                 save_dtype: str = "float32") -> dict[str, str]:
+    """Full fine-tune: a model folder in `out`, in `save_dtype` (the dtype it is served in),
+    with the fp32 weights it trained in out/master when that is narrower. LoRA: the adapter
+    there (fp32, small), merged in out/merged in `save_dtype`."""
+    import shutil
+
+    master = out / MASTER
+    narrower = save_dtype != "float32" and not config.lora
+    # every rank takes part (sharded weights are gathered)
+    trainer.save_model(str(master if narrower else out))
     if not trainer.is_world_process_zero():
         return {}
     # The Trainer also pickles its arguments there; the manifest holds the config instead.
-    (out / "training_args.bin").unlink(missing_ok=True)
+    for folder in (out, master):
+        (folder / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(str(out))
     if not config.lora:
-        return {"model": str(out)}
+        if not narrower:
+            # A master left by an earlier run would be trained from next time: it is stale now.
+            shutil.rmtree(master, ignore_errors=True)
+            return {"model": str(out)}
+        tokenizer.save_pretrained(str(master))
+        served = _reload(master, save_dtype, config.trust_remote_code)
+        served.save_pretrained(str(out), safe_serialization=True)
+        return {"model": str(out), "master": str(master)}
     outputs = {"adapter": str(out)}
     if config.merge:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        merged.save_pretrained(str(out / "merged"), safe_serialization=True)
+        merged.to(_torch_dtype(save_dtype)).save_pretrained(str(out / "merged"),
+                                                             safe_serialization=True)
         tokenizer.save_pretrained(str(out / "merged"))
         outputs["merged"] = str(out / "merged")
     return outputs
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _reload(folder: Path, dtype: str, trust_remote_code: bool) -> Any:
+    """The saved fp32 model loaded in `dtype`: the library casts (and ties) as for any load."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)

@@ -48,10 +48,28 @@ def sft_config(config: TrainConfig, out: Path, has_eval: bool, cuda: bool) -> An
         eval_steps=eval_steps if has_eval else None,
         seed=config.seed,
         data_seed=config.seed,
-        report_to=[],
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        run_name=run_name(config, out),
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def run_name(config: TrainConfig, out: Path) -> str:
+    return config.run_name or Path(out).resolve().name
+
+
+def tensorboard_dir(config: TrainConfig, out: Path) -> Path:
+    """Event files go beside the model (out/tensorboard/RUN), not under its checkpoints."""
+    return Path(out) / "tensorboard" / run_name(config, out)
+
+
+def place_tracker_logs(trainer: Any, config: TrainConfig, out: Path) -> None:
+    """Point TensorBoard's callback at `tensorboard_dir` (transformers reads the folder from an
+    environment variable or puts it under output_dir/runs/DATE_HOST otherwise)."""
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback":
+            callback.logging_dir = str(tensorboard_dir(config, out))
 
 
 def lora_config(config: TrainConfig) -> Any:
@@ -130,7 +148,7 @@ def build_trainer(
     dtype = train_dtype(config, cuda)
     offline = prepared.offline is not None
     common: dict[str, Any] = {
-        "model": load_model(prepared.student_path, config, weights_dtype(config, cuda)),
+        "model": load_model(prepared.weights_path, config, weights_dtype(config, cuda)),
         "args": sft_config(config, out, bool(prepared.eval_rows), cuda),
         "train_dataset": to_dataset(prepared.train_rows, 0 if offline else None),
         "eval_dataset": to_dataset(prepared.eval_rows, len(prepared.train_rows) if offline
