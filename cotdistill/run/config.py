@@ -64,6 +64,25 @@ class RefineConfig(StrictModel):
     )
 
 
+class TuneSection(StrictModel):
+    """The `tune:` section of a run config: what `cotdistill tune` searches (docs/tune.md)."""
+
+    trials: int = Field(20, gt=0, description="Trials to finish (the default run is extra).")
+    seed: int = Field(0, description="Seed of the TPE sampler and of the validation split.")
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="`section.key: [low, high]` (a range; log scale for "
+        "learning rates) or `[a, b, c, ...]` (a choice); sections generate, filter, train.",
+    )
+    student: str | None = Field(None, description="Student whose train keys are searched; "
+                                "default: the first. The trials train only this student.")
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of the training problems held out to score the "
+        "trials; default a quarter, raised to 200 problems where at most half the set allows.")
+    validation_size: int | None = Field(
+        None, gt=0, description="Validation problems, instead of validation_fraction.")
+    out: Path | None = Field(None, description="Output folder of the search (or `--out`).")
+
+
 _NAME = r"^[A-Za-z0-9_.\-]+$"
 
 
@@ -151,6 +170,10 @@ class PipelineConfig(StrictModel):
         None, description="Iterative refinement of one student after its training: validate "
         "on held-out training problems, sample the failed ones, filter, train on the union "
         "(cotdistill/refine.py).",
+    )
+    tune: TuneSection | None = Field(
+        None, description="What `cotdistill tune` searches (ignored by `cotdistill run`): "
+        "trials, seed, space, student and the validation split (docs/tune.md).",
     )
     fresh: list[str] = Field(
         default_factory=list,
