@@ -10,8 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cotdistill"
 ENTRY = {"cotdistill", "cotdistill.cli", "cotdistill.__main__"}
-STAGES = {"generate", "filter", "train", "evaluate", "compress"}
-DOMAIN = {"backends", "losses", "topk_store", "answers", "problems", "traces", "prompts",
+STAGES = {"generate", "filter", "train", "evaluate", "compress", "synthesize"}
+DOMAIN = {"backends", "cards", "losses", "topk_store", "answers", "problems", "traces", "prompts",
           "models", "textstats"}
 # `reasoning` (the <think> markers: split, join) imports nothing of ours and `records.Message`
 # folds a turn's `reasoning_content` with it, so it sits with the records.
