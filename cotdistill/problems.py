@@ -40,6 +40,21 @@ class ProblemFields:
     template: str | None = None
     category: str | None = None
 
+    @classmethod
+    def of(cls, config: Any) -> ProblemFields:
+        """The fields a stage config names (`question_field`, `answer_field`, `id_field`,
+        `answer_format`, `question_template`, `category_field`); keys it lacks keep the
+        defaults. Every stage that reads problem files builds its fields here."""
+        default = cls()
+        return cls(
+            question=tuple(getattr(config, "question_field", default.question)),
+            answer=tuple(getattr(config, "answer_field", default.answer)),
+            id=getattr(config, "id_field", default.id),
+            answer_format=getattr(config, "answer_format", default.answer_format),
+            template=getattr(config, "question_template", default.template),
+            category=getattr(config, "category_field", default.category),
+        )
+
 
 @dataclass
 class _Row:

@@ -57,14 +57,7 @@ def check_problems(problems: Sequence[Problem]) -> None:
 
 
 def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
-    fields = ProblemFields(
-        question=tuple(config.question_field),
-        answer=tuple(config.answer_field),
-        id=config.id_field,
-        answer_format=config.answer_format,
-        template=config.question_template,
-        category=config.category_field,
-    )
+    fields = ProblemFields.of(config)
     problems = load_problems(Path(config.problems), fields)  # type: ignore[arg-type]
     if config.limit is not None:
         problems = problems[: config.limit]

@@ -130,11 +130,4 @@ def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Pro
 
 
 def problem_fields(config: GenerateConfig) -> ProblemFields:
-    return ProblemFields(
-        question=tuple(config.question_field),
-        answer=tuple(config.answer_field),
-        id=config.id_field,
-        answer_format=config.answer_format,
-        template=config.question_template,
-        category=config.category_field,
-    )
+    return ProblemFields.of(config)

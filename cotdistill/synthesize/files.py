@@ -42,8 +42,7 @@ def _raw_rows(path: Path) -> list[dict[str, Any]] | None:
 
 def read_seeds(config: SynthesizeConfig) -> list[Seed]:
     path = Path(config.problems)  # type: ignore[arg-type]
-    fields = ProblemFields(question=tuple(config.question_field),
-                           answer=tuple(config.answer_field), id=config.id_field)
+    fields = ProblemFields.of(config)
     problems = load_problems(path, fields)  # every bad row is named here, with its line
     rows = _raw_rows(path) or [{} for _ in problems]
     seeds = [Seed(p.id, p.question, p.gold_answer, seed_equations(row, fields.answer))

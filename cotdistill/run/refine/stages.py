@@ -82,9 +82,7 @@ def run_split(config: SplitConfig) -> dict[str, Any]:
     """Write the training problems as train.jsonl and validation.jsonl (validation: problems
     with a gold answer, chosen by `split_ids`); both keep the file's order."""
     started = time.time()
-    problems = load_problems(config.problems, ProblemFields(
-        tuple(config.question_field), tuple(config.answer_field), config.id_field,
-        config.answer_format, config.question_template, config.category_field))
+    problems = load_problems(config.problems, ProblemFields.of(config))
     labelled = [p.id for p in problems if p.gold_answer is not None]
     count = validation_count(len(problems), len(labelled), config.validation_fraction,
                              config.validation_size)
