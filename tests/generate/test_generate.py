@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from cotdistill.generate.stage import run_generate
 from cotdistill.problems import question_id
 from cotdistill.prompts import load_template
 from tests.helpers.problems import ROOT, make_problems, read_traces
+from tests.helpers.processes import kill_when_written
 
 
 def config(tmp_path: Path, **values) -> GenerateConfig:
@@ -354,21 +353,10 @@ def test_kill_9_then_rerun_completes_the_set(tmp_path: Path) -> None:
     out = tmp_path / "out"
     script = tmp_path / "slow_generate.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(problems), str(out)], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
     traces = out / "traces.jsonl"
-    deadline = time.time() + 60
-    try:
-        while time.time() < deadline:
-            if traces.exists() and traces.read_bytes().count(b"\n") >= 30:
-                break
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_when_written([sys.executable, str(script), str(problems), str(out)], traces, 30,
+                             cwd=ROOT)
+    assert code == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
     written = traces.read_bytes().count(b"\n")
     assert 30 <= written < 120  # killed mid-run

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from cotdistill.generate.config import GenerateConfig
 from cotdistill.generate.stage import run_generate
 from cotdistill.topk_store import TopkStore, bytes_per_token
 from tests.helpers.problems import ROOT, make_problems, read_traces
+from tests.helpers.processes import kill_when_written
 from tests.helpers.topk_fake import TopkFakeBackend, fake_topk
 
 K = 5
@@ -126,22 +125,12 @@ def test_kill_9_then_rerun_leaves_one_row_per_trace(tiny_model: Path, tmp_path: 
     out = tmp_path / "out"
     script = tmp_path / "slow_generate.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(problems), str(out), str(tiny_model)], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},  # for tests.helpers.topk_fake
-    )
     traces = out / "traces.jsonl"
-    deadline = time.time() + 60
-    try:
-        while time.time() < deadline:
-            if traces.exists() and traces.read_bytes().count(b"\n") >= 25:
-                break
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_when_written(
+        [sys.executable, str(script), str(problems), str(out), str(tiny_model)], traces, 25,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},  # for tests.helpers.topk_fake
+    )
+    assert code == -signal.SIGKILL
     assert 25 <= traces.read_bytes().count(b"\n") < 90  # killed mid-run
 
     config = GenerateConfig(problems=problems, out=out, n=3, batch_size=1, max_tokens=5000,
