@@ -208,7 +208,8 @@ def add_model_flags(
             yaml_only.append(name)
             continue
         kind, is_list = mapped
-        help_text = field.description or ""
+        # argparse formats help with %: a literal one ("~30% slower") must be doubled.
+        help_text = (field.description or "").replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
