@@ -96,6 +96,13 @@ class StudentPlan(StrictModel):
         description="`cotdistill student init` keys (layers or keep_every): start from a "
         "shallower copy of the teacher. Unset: start from the teacher itself.",
     )
+    prune: dict[str, Any] | None = Field(
+        None,
+        description="`cotdistill student prune` keys (target_params, or mlp, hidden, heads, "
+        "layers): start from a width- and depth-pruned copy of the teacher, importance "
+        "measured on `calibration` (default: the run's kept traces, the filter's kept.jsonl). "
+        "Not with `init:`.",
+    )
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="`cotdistill train` keys; data, student and out are set by run.",
@@ -146,6 +153,15 @@ class PipelineConfig(StrictModel):
         "evaluation problems are always added to decontaminate (entries given here are added "
         "to them, never replace them).",
     )
+    synthesize: dict[str, Any] | None = Field(
+        None,
+        description="`cotdistill synthesize` keys, plus `mode: join | replace` (default join): "
+        "new problems made from the training problems before generate, which then samples the "
+        "training problems and the synthetic ones (join) or the synthetic ones alone (replace). "
+        "The evaluation problems and the refinement validation split are always added to "
+        "decontaminate; the unfiltered control and the evaluation never see a synthetic "
+        "problem. problems, out, teacher and how the seeds are read are set by run.",
+    )
     students: list[StudentPlan] = Field(
         default_factory=list, description="Students to build and train on the kept traces."
     )
@@ -177,9 +193,9 @@ class PipelineConfig(StrictModel):
     )
     fresh: list[str] = Field(
         default_factory=list,
-        description="Redo these stages from scratch this time: generate, filter, a student's "
-        "name, evaluate, refine (the split and every round), a round (`NAME-round-R`), or "
-        "all. Each one's old folder is moved aside to "
+        description="Redo these stages from scratch this time: synthesize, generate, filter, "
+        "a student's name, evaluate, refine (the split and every round), a round "
+        "(`NAME-round-R`), or all. Each one's old folder is moved aside to "
         "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
     )
     dry_run: bool = Field(

@@ -81,6 +81,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
     """All stage configs, validated (before any model is loaded), in the order they run.
 
     Nothing is written; with `ask_server=False` no server is asked which model it serves."""
+    from cotdistill.compress.prune import PruneConfig
     from cotdistill.compress.student_init import StudentInitConfig
     from cotdistill.evaluate.config import EvaluateConfig
     from cotdistill.filter.config import FilterConfig
@@ -108,11 +109,20 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
     )
     traces = gen_dir / "traces.jsonl"
     steps = []
+    seeds, validation = generate, None
     if config.refine is not None:  # validation problems set aside before the teacher sees any
         from cotdistill.run.refine.plan import plan_split
 
         split, generate = plan_split(config, generate, out, source)
         steps.append(split)
+        validation = split.out / "validation.jsonl"
+    synthetic = None
+    if config.synthesize is not None:  # new problems made before the teacher samples
+        from cotdistill.run.plan_synthesize import plan_synthesize
+
+        synth_steps, generate, synthetic = plan_synthesize(config, generate, seeds, validation,
+                                                           out, source)
+        steps += synth_steps
     steps.append(Step("generate", "generate", gen_dir, generate,
                       [Path(generate.problems), *teacher_dep]))
 
@@ -142,6 +152,20 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         origin = student.start or teacher_model
         origin_dep = [Path(origin)] if origin and Path(origin).exists() else []
         start: Path | None = None
+        if student.init is not None and student.prune is not None:
+            raise InputError("a student starts from `init:` (a layer cut) or `prune:`, not both",
+                             file=source, field=f"{section}.prune")
+        if student.prune is not None:
+            owned(student.prune, ("teacher", "out"), f"{section}.prune")
+            start = folder / "prune"
+            # Importance is measured on the run's kept traces unless the section names a file.
+            pruned = section_of(
+                PruneConfig, {"calibration": filter_dir / "kept.jsonl", **student.prune,
+                              "teacher": origin, "out": start},
+                f"{section}.prune", source,
+            )
+            steps.append(Step(f"{student.name}: prune", "student_prune", start, pruned,
+                              [Path(pruned.calibration), *origin_dep]))
         if student.init is not None:
             owned(student.init, ("teacher", "out"), f"{section}.init")
             start = folder / "init"
@@ -188,14 +212,25 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
             raise InputError(f"no student named {of!r}", file=source, field="control_of")
         control_dir = out / "control" / f"{of}-unfiltered"
         control_sft = control_dir / "data" / "sft.jsonl"
-        rejected = filter_dir / "rejected.jsonl"
-        kept = filter_dir / "kept.jsonl"
+        rejected, kept, like = filter_dir / "rejected.jsonl", filter_dir / "kept.jsonl", sft
+        if synthetic is not None:  # the control draws from the seeds' traces only
+            from cotdistill.run.plan_synthesize import plan_seed_traces
+
+            if (config.synthesize or {}).get("mode", "join") == "replace":
+                raise InputError("control: unfiltered draws from the training problems' own "
+                                 "traces; with synthesize mode: replace there are none",
+                                 file=source, field="control")
+            seed_step = plan_seed_traces(f"{of}-unfiltered", filter_dir, synthetic,
+                                         control_dir)
+            steps.append(seed_step)
+            rejected, kept, like = (seed_step.out / f"{n}.jsonl"
+                                    for n in ("rejected", "kept", "sft"))
         draw = ControlDataConfig(
-            kept=kept, rejected=rejected, like=sft, out=control_sft.parent,
+            kept=kept, rejected=rejected, like=like, out=control_sft.parent,
             seed=config.control_seed,
         )
         steps.append(Step(f"{of}-unfiltered: data", "control_data", control_sft.parent, draw,
-                          [kept, rejected, sft]))
+                          [kept, rejected, like]))
         _, student_model, student_dep = origins[of]
         model_dir = control_dir / "model"
         train = section_of(

@@ -30,6 +30,26 @@ class Stages:
     control_data: Callable[[Any], Any]
     evaluate: Callable[[Any], Any]
 
+    # Stages only some runs plan (`synthesize:`, a student's `prune:`); tests may pass their own.
+    synthesize: Callable[[Any], Any] | None = None
+    student_prune: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.synthesize is None:
+            self.synthesize = _synthesize
+        if self.student_prune is None:
+            self.student_prune = _student_prune
+
+    def synth_problems(self, config: Any) -> Any:
+        from cotdistill.run.plan_synthesize import run_synth_problems
+
+        return run_synth_problems(config)
+
+    def seed_traces(self, config: Any) -> Any:
+        from cotdistill.run.plan_synthesize import run_seed_traces
+
+        return run_seed_traces(config)
+
     # Refinement rounds (cotdistill/refine.py): file stages, and the stage functions above
     # made to pass over a round with nothing to do.
     def refine_split(self, config: Any) -> Any:
@@ -50,6 +70,18 @@ class Stages:
 
     def refine_filter(self, config: Any) -> Any:
         return unless_empty("filter", config, self.filter)
+
+
+def _synthesize(config: Any) -> Any:
+    from cotdistill.synthesize.stage import run_synthesize
+
+    return run_synthesize(config)
+
+
+def _student_prune(config: Any) -> Any:
+    from cotdistill.compress.prune import run_prune
+
+    return run_prune(config)
 
 
 def default_stages() -> Stages:
@@ -90,7 +122,7 @@ def stage_folders(the_plan: Plan) -> dict[str, Path]:
     folders: dict[str, Path] = {}
     for step in the_plan.steps:
         name = step.name.split(":")[0]
-        if step.kind in ("generate", "filter", "evaluate"):
+        if step.kind in ("generate", "filter", "evaluate", "synthesize"):
             folders[name] = step.out
         else:
             folders.setdefault(name, step.out.parent)
