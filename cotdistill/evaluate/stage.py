@@ -24,6 +24,7 @@ from cotdistill.evaluate.config import (
     ModelRun,
     Verifier,
 )
+from cotdistill.evaluate.html import write_evaluation_html
 from cotdistill.evaluate.per_model import model_summary, run_model
 from cotdistill.evaluate.report import (
     accuracy_line,
@@ -143,6 +144,8 @@ def run_evaluate(
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     report = render_report(summary, config)
     (out / REPORT).write_text(report)
+    write_evaluation_html(out / "report.html", report,
+                          [s for run in runs.values() for s in run.samples], config)
     manifest = write_manifest(
         out,
         stage="evaluate",

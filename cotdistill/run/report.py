@@ -1,11 +1,14 @@
 """The run's report: the chain of stages and their manifests, and the yield of each filter
-stage (each round's, when refinement rounds run)."""
+stage (each round's, when refinement rounds run). `pipeline_report` also writes report.html
+beside it (the same, with each filter's funnel and the evaluation's page inline)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from cotdistill.evaluate.html import write_run_html
 from cotdistill.infra.files import (
     read_manifest,
 )
@@ -70,6 +73,16 @@ def yield_lines(the_plan: Plan) -> list[str]:
             "| filter stage | samples | teacher tokens | kept | kept / 1,000 tokens | "
             "kept / sample | solved@1 | solved@k (k) | truncated | max_tokens for < 2 % cut |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, ""]
+
+
+def filter_funnels(the_plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+    """(stage name, funnel) of every filter stage that wrote its report.json."""
+    funnels = []
+    for step in the_plan.steps:
+        report_file = step.out / "report.json"
+        if step.kind.removeprefix("refine_") == "filter" and report_file.exists():
+            funnels.append((step.name, json.loads(report_file.read_text())["funnel"]))
+    return funnels
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -137,6 +150,9 @@ def pipeline_report(
     lines += chain_lines(the_plan)
     if the_plan.refinement is not None:
         lines += the_plan.refinement.report_lines(the_plan.steps[-1].config)
+    write_run_html(Path(config.out) / "report.html", "\n".join(lines), filter_funnels(the_plan),
+                   the_plan.evaluate_dir,
+                   next((s.config for s in the_plan.steps if s.kind == "evaluate"), None))
     evaluation = the_plan.evaluate_dir / "report.md"
     if evaluation.exists():
         body = evaluation.read_text().replace("# Evaluation", "## Evaluation", 1)
