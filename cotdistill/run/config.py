@@ -153,15 +153,6 @@ class PipelineConfig(StrictModel):
         "evaluation problems are always added to decontaminate (entries given here are added "
         "to them, never replace them).",
     )
-    synthesize: dict[str, Any] | None = Field(
-        None,
-        description="`cotdistill synthesize` keys, plus `mode: join | replace` (default join): "
-        "new problems made from the training problems before generate, which then samples the "
-        "training problems and the synthetic ones (join) or the synthetic ones alone (replace). "
-        "The evaluation problems and the refinement validation split are always added to "
-        "decontaminate; the unfiltered control and the evaluation never see a synthetic "
-        "problem. problems, out, teacher and how the seeds are read are set by run.",
-    )
     students: list[StudentPlan] = Field(
         default_factory=list, description="Students to build and train on the kept traces."
     )
@@ -186,6 +177,15 @@ class PipelineConfig(StrictModel):
         None, description="Iterative refinement of one student after its training: validate "
         "on held-out training problems, sample the failed ones, filter, train on the union "
         "(cotdistill/refine.py).",
+    )
+    synthesize: dict[str, Any] | None = Field(
+        None,
+        description="`cotdistill synthesize` keys, plus `mode: join | replace` (default join): "
+        "new problems made from the training problems before generate, which then samples the "
+        "training problems and the synthetic ones (join) or the synthetic ones alone (replace). "
+        "The evaluation problems and the refinement validation split are always added to "
+        "decontaminate; the unfiltered control and the evaluation never see a synthetic "
+        "problem. problems, out, teacher and how the seeds are read are set by run.",
     )
     tune: TuneSection | None = Field(
         None, description="What `cotdistill tune` searches (ignored by `cotdistill run`): "
