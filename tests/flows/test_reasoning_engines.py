@@ -16,17 +16,8 @@ from cotdistill.train.config import TrainConfig
 from cotdistill.train.data import load_examples, tokenize_example
 from cotdistill.train.prepare import prepare
 from cotdistill.train.stage import run_train
+from tests.helpers.tiny import STRIPPING
 
-# Like DeepSeek-R1 distills: the generation prompt opens the thinking, and assistant turns lose
-# everything up to </think> (so a trace's thinking never reaches the trained tokens).
-STRIPPING = (
-    "{% for message in messages %}{% set content = message['content'] %}"
-    "{% if message['role'] == 'assistant' and '</think>' in content %}"
-    "{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
-)
 THOUGHT = "We add 2 and 3. Maybe 6? No: 2 + 3 = 5."
 ANSWER = "The answer is \\boxed{5}."
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -19,24 +18,14 @@ import pytest
 from pydantic import BaseModel
 
 from cotdistill.errors import InputError
-from cotdistill.infra.files import write_manifest
 from cotdistill.records import Problem
 from cotdistill.run.config import PROBLEM_KEYS, PipelineConfig
-from cotdistill.run.control import run_control_data
 from cotdistill.run.plan import plan
 from cotdistill.run.refine.plan import SET_BY_RUN
 from cotdistill.run.refine.select import select_round, split_ids
 from cotdistill.run.refine.stages import check_held_out
 from cotdistill.run.runner import Stages, run_pipeline
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from tests.helpers.stages import RecordingStages, read_rows, write_rows
 
 
 def easy(pid: str) -> bool:
@@ -55,30 +44,7 @@ def answers(pid: str, trained_on: set[str] | None) -> bool:
     return pid in trained_on or easy(pid)
 
 
-class FakeStages:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def stages(self) -> Stages:
-        return Stages(self.generate, self.filter, self.student_init, self.train,
-                      run_control_data, self.evaluate)
-
-    def _done(self, stage: str, config: Any, counts: dict[str, Any] | None = None) -> None:
-        self.calls.append((stage, str(config.out)))
-        write_manifest(config.out, stage=stage, config=config, inputs={}, counts=counts or {},
-                       started=time.time())
-
-    def generate(self, config: Any) -> None:
-        from cotdistill.generate.config import problem_fields, select_problems
-        from cotdistill.problems import load_problems
-
-        problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
-        write_rows(config.out / "traces.jsonl", [
-            {"problem_id": p.id, "sample_index": j, "question": p.question,
-             "completion": f"{p.id}-{j}", "messages": [{"role": "user", "content": p.question}]}
-            for p in problems for j in range(config.n)])
-        self._done("generate", config)
-
+class FakeStages(RecordingStages):
     def filter(self, config: Any) -> None:
         traces = [row for path in config.traces for row in read_rows(path)]
         kept = [t for t in traces if t["sample_index"] == 0]
@@ -88,9 +54,6 @@ class FakeStages:
             {"messages": [*t["messages"], {"role": "assistant", "content": t["completion"]}],
              "problem_id": t["problem_id"]} for t in kept])
         self._done("filter", config, {"kept": len(kept), "traces_in": len(traces)})
-
-    def student_init(self, config: Any) -> None:
-        raise AssertionError("no student is cut here")
 
     def train(self, config: Any) -> None:
         rows = [row for path in config.data for row in read_rows(path)]

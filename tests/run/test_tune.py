@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,12 @@ import yaml
 from cotdistill.cli import main
 from cotdistill.config import load_config
 from cotdistill.errors import InputError
-from cotdistill.infra.files import write_manifest
 from cotdistill.run.config import PipelineConfig
-from cotdistill.run.control import run_control_data
 from cotdistill.run.runner import Stages
 from cotdistill.run.tune import Trial, TuneConfig, parse_space, run_tune, tune_validation_size
+from tests.helpers.stages import RecordingStages, read_rows, write_rows
 
 BEST_LR = 5e-5
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def solves(pid: str, learning_rate: float) -> bool:
@@ -46,30 +35,7 @@ def solves(pid: str, learning_rate: float) -> bool:
     return int(hashlib.sha256(pid.encode()).hexdigest(), 16) % 100 < 90 * quality
 
 
-class FakeStages:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def stages(self) -> Stages:
-        return Stages(self.generate, self.filter, self.student_init, self.train,
-                      run_control_data, self.evaluate)
-
-    def _done(self, stage: str, config: Any) -> None:
-        self.calls.append((stage, str(config.out)))
-        write_manifest(config.out, stage=stage, config=config, inputs={}, counts={},
-                       started=time.time())
-
-    def generate(self, config: Any) -> None:
-        from cotdistill.generate.config import problem_fields, select_problems
-        from cotdistill.problems import load_problems
-
-        problems = select_problems(load_problems(config.problems, problem_fields(config)), config)
-        write_rows(config.out / "traces.jsonl", [
-            {"problem_id": p.id, "sample_index": j, "question": p.question,
-             "completion": f"{p.id}-{j}", "messages": [{"role": "user", "content": p.question}]}
-            for p in problems for j in range(config.n)])
-        self._done("generate", config)
-
+class FakeStages(RecordingStages):
     def filter(self, config: Any) -> None:
         held = {row["question"] for path in config.decontaminate for row in read_rows(path)}
         traces = [row for path in config.traces for row in read_rows(path)]
@@ -80,9 +46,6 @@ class FakeStages:
             {"messages": [*t["messages"], {"role": "assistant", "content": t["completion"]}],
              "problem_id": t["problem_id"]} for t in kept])
         self._done("filter", config)
-
-    def student_init(self, config: Any) -> None:
-        raise AssertionError("no student is cut here")
 
     def train(self, config: Any) -> None:
         rows = [row for path in config.data for row in read_rows(path)]

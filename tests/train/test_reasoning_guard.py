@@ -19,21 +19,12 @@ from cotdistill.records import Message
 from cotdistill.train.config import TrainConfig
 from cotdistill.train.data import load_examples
 from cotdistill.train.prepare import prepare
-from tests.helpers.tiny import CHATML
+from tests.helpers.tiny import CHATML, STRIPPING
 
 THOUGHT = "We add 2 and 3. Maybe 6? No: 2 + 3 = 5."
 ANSWER = "The answer is \\boxed{5}."
 WHOLE = join_reasoning(THOUGHT, ANSWER)  # what generate writes for a reasoning teacher
 
-# Like DeepSeek-R1 distills: assistant turns lose everything up to </think>.
-STRIPPING = (
-    "{% for message in messages %}{% set content = message['content'] %}"
-    "{% if message['role'] == 'assistant' and '</think>' in content %}"
-    "{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
-)
 
 
 def chat(assistant: dict, i: int = 0) -> dict:
