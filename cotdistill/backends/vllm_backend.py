@@ -199,6 +199,15 @@ class VLLMBackend:
             for request in outputs
         ]
 
+    def load_weights(self, model: str) -> None:
+        """Serve `model`'s weights from this engine: reloaded in place in every worker, then
+        the prefix cache emptied so nothing computed with the old weights is read again. Only
+        for a model of the same architecture and tokenizer (cotdistill/evaluate/engines.py)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not empty its prefix cache after a weight reload")
+        self.model = model
+
     def close(self) -> None:
         # Release the engine's worker processes and memory before the next stage loads a model.
         import gc

@@ -82,6 +82,11 @@ class EvaluateConfig(SamplingConfig, EngineConfig):
     failure_examples: int = Field(
         3, ge=0, description="Examples per failure mode and student in the report."
     )
+    share_engine: bool = Field(
+        True, description="Models of one architecture (same config, tokenizer and generation "
+        "config) run on one vLLM engine, their weights reloaded in place and the prefix cache "
+        "emptied between them; false: a fresh engine per model.",
+    )
     latency_prompts: int = Field(
         8, ge=0, description="Evaluation prompts sent one at a time (batch 1) per model for "
         "the deployment table's latency, each opened by a fresh tag so no prefix cache holds "

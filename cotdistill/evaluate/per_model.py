@@ -10,7 +10,8 @@ from typing import Any
 
 from cotdistill.backends import Backend
 from cotdistill.config import SamplingConfig
-from cotdistill.evaluate.config import BackendFactory, EvaluateConfig, ModelRun, Verifier
+from cotdistill.evaluate.config import EvaluateConfig, ModelRun, Verifier
+from cotdistill.evaluate.engines import Engines
 from cotdistill.evaluate.score import evaluate_model
 from cotdistill.evaluate.sources import (
     ModelSource,
@@ -70,23 +71,29 @@ def batch_one_latency(
         bar.close()
 
 
+def served_path(source: ModelSource, config: EvaluateConfig) -> str:
+    """The folder (or id) the engine serves for `source`: its adapter merged into its base."""
+    if source.adapter:
+        return str(merge_adapter(source.adapter, config.trust_remote_code))
+    return source.path
+
+
 def run_model(
     source: ModelSource,
     problems: Sequence[Problem],
     template: PromptTemplate,
     config: EvaluateConfig,
-    factory: BackendFactory,
+    engines: Engines,
     verify: Verifier,
 ) -> ModelRun:
-    """Load one model (merging its adapter first), generate, check, measure, release it."""
-    path = str(merge_adapter(source.adapter, config.trust_remote_code)) if source.adapter else (
-        source.path
-    )
+    """Load one model (a fresh engine, or new weights in the running one), generate, check,
+    measure. The engine stays open for the next model; `engines.close()` releases it."""
+    path = served_path(source, config)
     bar = progress_bar(len(problems) * config.n, f"evaluate {source.name}")
     memory = stage_memory(config)
     with memory or nullcontext():
         tick = time.perf_counter()
-        backend = factory(path)
+        backend, how = engines.open(path)
         load_s = time.perf_counter() - tick
         try:
             samples, seconds = evaluate_model(
@@ -100,10 +107,12 @@ def run_model(
             )
             bar.close()
             latency = batch_one_latency(source.name, backend, problems, template, config)
+        except BaseException:
+            engines.close()
+            raise
         finally:
             bar.close()
-            backend.close()
-    extra: dict[str, Any] = {"model": source.spec, "served_path": path}
+    extra: dict[str, Any] = {"model": source.spec, "served_path": path, "engine": how}
     if source.adapter is not None:
         extra["adapter"] = {"path": str(source.adapter), "base": adapter_base(source.adapter),
                             "merged_into": path}

@@ -73,6 +73,19 @@ def _params(count: int | None) -> str:
     return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
 
 
+def engines_sentence(engines: dict[str, int] | None) -> str:
+    """The report's sentence on engine starts and weight reloads; empty when unknown."""
+    if not engines:
+        return ""
+    started, reloaded = engines.get("started", 0), engines.get("reloaded", 0)
+    text = f" Engines: {started} started"
+    if reloaded:
+        text += (f", weights reloaded in place for {reloaded} more model"
+                 f"{'s' if reloaded != 1 else ''} of the same architecture (prefix cache "
+                 "emptied at each reload)")
+    return text + "."
+
+
 def no_reference(config: EvaluateConfig, models: Iterable[str]) -> str:
     return (f"no model is named {config.reference!r} (the reference), so no retention is "
             f"computed; models: {', '.join(models)}. Name one `--model "
@@ -130,7 +143,7 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
         "the cut, never on its last number.",
         "",
         "tok/s and s/problem: generation time of the whole batch (engine start excluded) over "
-        "output tokens and problems. Peak memory: "
+        "output tokens and problems." + engines_sentence(summary.get("engines")) + " Peak memory: "
         + (next((m["peak_memory_what"] for m in models.values() if m.get("peak_memory_what")),
                 "not measured (a model served remotely)"))
         + ", while the model was loaded.",

@@ -24,8 +24,9 @@ from cotdistill.evaluate.config import (
     ModelRun,
     Verifier,
 )
+from cotdistill.evaluate.engines import Engines, architecture_key, engine_order
 from cotdistill.evaluate.html import write_evaluation_html
-from cotdistill.evaluate.per_model import model_summary, run_model
+from cotdistill.evaluate.per_model import model_summary, run_model, served_path
 from cotdistill.evaluate.report import (
     accuracy_line,
     decision_measures,
@@ -105,6 +106,7 @@ def run_evaluate(
     keys = {s.name: sample_key(config, weights[s.name], problems_hash, template)
             for s in sources}
     runs: dict[str, ModelRun] = {}
+    to_run: list[ModelSource] = []
     for source in sources:
         key = keys[source.name]
         # A model scored before with the same weights, problems and settings is not run again,
@@ -113,19 +115,34 @@ def run_evaluate(
         if cached is not None:
             runs[source.name] = cached
             print(f"evaluate: {source.name}: reusing its samples (same model and settings)")
+            print(f"evaluate: {source.name} {accuracy_line(cached.samples)}")
         else:
-            runs[source.name] = run_model(source, problems, template, config, factory, verify)
+            to_run.append(source)
+    engines = Engines(factory, lambda path: architecture_key(path, config.dtype),
+                      share=config.share_engine and config.backend == "vllm")
+    served = {s.name: served_path(s, config) for s in to_run}
+    try:
+        # Models of one architecture run one after another on one engine.
+        for source in engine_order(to_run, [engines.key(served[s.name]) if engines.share
+                                            else None for s in to_run]):
+            key = keys[source.name]
+            runs[source.name] = run_model(source, problems, template, config, engines, verify)
             if key is not None:
                 save_cached(out / PER_MODEL, source.name, key, runs[source.name])
             else:
                 runs[source.name].extra["cache_off"] = weights[source.name].how
                 print(f"evaluate: {source.name}: samples not cached: "
                       f"{weights[source.name].how}", file=sys.stderr)
-        print(f"evaluate: {source.name} {accuracy_line(runs[source.name].samples)}")
+            print(f"evaluate: {source.name} {accuracy_line(runs[source.name].samples)} "
+                  f"({runs[source.name].extra['engine']} engine)")
+    finally:
+        engines.close()
+    runs = {s.name: runs[s.name] for s in sources}  # the order the models were given in
 
     write_jsonl(out / RESULTS, (s for run in runs.values() for s in run.samples))
     summary: dict[str, Any] = {
         "models": {name: model_summary(run, config) for name, run in runs.items()},
+        "engines": {"started": engines.starts, "reloaded": engines.reloads},
         "retention": retention(
             {name: run.samples for name, run in runs.items()},
             config.reference,
@@ -153,7 +170,8 @@ def run_evaluate(
         inputs={str(config.problems): problems_hash,
                 **{s.spec: weights[s.name].value or "unidentified" for s in sources}},
         counts={"problems": len(problems), "models": len(runs),
-                "samples": sum(len(r.samples) for r in runs.values())},
+                "samples": sum(len(r.samples) for r in runs.values()),
+                "engine_starts": engines.starts, "weight_reloads": engines.reloads},
         started=started,
     )
     for source in sources:

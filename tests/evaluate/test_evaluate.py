@@ -22,6 +22,7 @@ from cotdistill.evaluate.measures.metrics import (
 )
 from cotdistill.evaluate.sources import locate_models, parameter_count, parse_model_specs
 from cotdistill.evaluate.stage import run_evaluate
+from tests.helpers.problems import write_problems
 
 # --- metric functions --------------------------------------------------------------------------
 
@@ -107,11 +108,6 @@ ANSWERS = {
 }
 
 
-def write_problems(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture
 def problems_file(tmp_path: Path) -> Path:
     rows = [{"id": pid, "question": q, "answer": a} for pid, (q, a) in QUESTIONS.items()]
@@ -179,7 +175,8 @@ def test_evaluate_hand_made_case(tmp_path: Path, problems_file: Path) -> None:
     assert "| student |" in report and "0.667 [" in report  # the retention column
     for png in ("accuracy.png", "reliability.png", "lengths.png"):
         assert (out / png).stat().st_size > 1000
-    assert manifest["counts"] == {"problems": 3, "models": 2, "samples": 12}
+    assert manifest["counts"] == {"problems": 3, "models": 2, "samples": 12,
+                                  "engine_starts": 2, "weight_reloads": 0}
     assert json.loads((out / "manifest.json").read_text())["stage"] == "evaluate"
 
 

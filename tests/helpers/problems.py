@@ -18,5 +18,11 @@ def make_problems(path: Path, count: int = 10) -> Path:
     return path
 
 
+def write_problems(path: Path, rows: list[dict]) -> Path:
+    """`rows` as a JSONL problems file at `path`."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def read_traces(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
