@@ -82,6 +82,11 @@ class EvaluateConfig(SamplingConfig, EngineConfig):
     failure_examples: int = Field(
         3, ge=0, description="Examples per failure mode and student in the report."
     )
+    contrasts: list[str] = Field(
+        default_factory=list, description="MODEL:OTHER pairs whose paired accuracy difference "
+        "the report gives beside every model minus the reference (run adds "
+        "student:control).",
+    )
     share_engine: bool = Field(
         True, description="Models of one architecture (same config, tokenizer and generation "
         "config) run on one vLLM engine, their weights reloaded in place and the prefix cache "

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from cotdistill.errors import InputError
 from cotdistill.evaluate.config import EvalSample, EvaluateConfig
-from cotdistill.evaluate.measures.metrics import bootstrap_mean
-from cotdistill.evaluate.measures.samples import by_problem, problem_scores
+from cotdistill.evaluate.measures.samples import by_problem
 from cotdistill.infra.files import read_jsonl
 
 # No network at all: images only as data URIs, style and script only inline.
@@ -186,35 +185,6 @@ def _grouped(samples: Iterable[EvalSample]) -> dict[str, list[EvalSample]]:
     return per_model
 
 
-def paired_differences(samples: Sequence[EvalSample], config: EvaluateConfig) -> str:
-    """Accuracy minus the reference's, paired over the problems both answered, with a
-    bootstrap interval; empty without a reference."""
-    per_model = _grouped(samples)
-    reference = per_model.get(config.reference)
-    if reference is None or len(per_model) < 2:
-        return ""
-    ref = problem_scores(reference)
-    rows = []
-    for name, model_samples in per_model.items():
-        if name == config.reference:
-            continue
-        own = problem_scores(model_samples)
-        both = [pid for pid in own if pid in ref]
-        diff = bootstrap_mean([own[p] - ref[p] for p in both], config.bootstrap_resamples,
-                              config.bootstrap_seed, config.confidence)
-        shown = "-" if diff.value is None else (
-            f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
-            if diff.low is not None and diff.high is not None else f"{diff.value:+.3f}")
-        rows.append([name, str(len(both)), shown,
-                     str(sum(own[p] > ref[p] for p in both)),
-                     str(sum(own[p] < ref[p] for p in both))])
-    return (f"<h2>Paired differences</h2><p>Accuracy minus {escape(config.reference)}'s on "
-            f"the same problems, {config.confidence:.0%} bootstrap interval over problems "
-            f"({config.bootstrap_resamples} resamples, seed {config.bootstrap_seed}).</p>"
-            + table(["model", "problems", f"accuracy − {config.reference}",
-                     "problems better", "problems worse"], rows))
-
-
 def side_by_side(samples: Sequence[EvalSample], reference: str) -> str:
     """One row per problem and sample index, one column per model (reference first): its
     answer, verdict and whole completion; selects filter the rows (FILTER_SCRIPT)."""
@@ -272,14 +242,11 @@ def side_by_side(samples: Sequence[EvalSample], reference: str) -> str:
 
 def evaluation_body(report_md: str, folder: Path, samples: Sequence[EvalSample],
                     config: EvaluateConfig, level: int = 1) -> str:
-    """report.md as HTML with the paired differences after its first table and the answers
-    browser at the end; `level=2` demotes its headings (a section of `run`'s page)."""
+    """report.md (its paired differences included) as HTML with the answers browser at the
+    end; `level=2` demotes its headings (a section of `run`'s page)."""
     if level > 1:
         report_md = re.sub(r"(?m)^#", "#" * level, report_md)
-    first, sep, rest = report_md.partition("\n" + "#" * (level + 1) + " ")
-    return (markdown_html(first, folder) + paired_differences(samples, config)
-            + markdown_html(sep.lstrip("\n") + rest, folder)
-            + side_by_side(samples, config.reference))
+    return markdown_html(report_md, folder) + side_by_side(samples, config.reference)
 
 
 def write_evaluation_html(path: Path, report_md: str, samples: Sequence[EvalSample],

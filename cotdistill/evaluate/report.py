@@ -73,6 +73,25 @@ def _params(count: int | None) -> str:
     return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
 
 
+def difference_lines(differences: Sequence[dict[str, Any]], level: str) -> list[str]:
+    """The paired-differences section: one row per compared pair; empty without pairs."""
+    if not differences:
+        return []
+    lines = ["## Paired differences", "",
+             f"Accuracy of a model minus another's on the same problems, {level} paired "
+             "bootstrap interval over problems (an interval that excludes 0 is a measured "
+             "difference); problems better / worse: where the first was right more / less "
+             "often than the second.", "",
+             "| model | minus | difference | problems better / worse |", "|---|---|---|---|"]
+    for row in differences:
+        shown = "-" if row["value"] is None else (
+            f"{row['value']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+            if row["low"] is not None else f"{row['value']:+.3f}")
+        lines.append(f"| {row['model']} | {row['versus']} | {shown} | "
+                     f"{row['better']} / {row['worse']} of {row['problems']} |")
+    return [*lines, ""]
+
+
 def engines_sentence(engines: dict[str, int] | None) -> str:
     """The report's sentence on engine starts and weight reloads; empty when unknown."""
     if not engines:
@@ -148,6 +167,7 @@ def render_report(summary: dict[str, Any], config: EvaluateConfig) -> str:
                 "not measured (a model served remotely)"))
         + ", while the model was loaded.",
         "",
+        *difference_lines(summary.get("differences") or [], level),
         "## Calibration",
         "",
         "Confidence = exp(mean token logprob) of a sample; ECE over "
@@ -248,7 +268,8 @@ def accuracy_line(samples: Sequence[EvalSample]) -> str:
     return f"accuracy {accuracy:.3f}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def terminal_tables(report: str, sections: tuple[str, ...] = ("Evaluation", "Deployment")) -> str:
+def terminal_tables(report: str, sections: tuple[str, ...] = ("Evaluation", "Paired differences",
+                                                              "Deployment")) -> str:
     """The report's tables of `sections` (the accuracy table and the deployment table) with
     their headings: what the terminal shows. The rest (notes, calibration, categories,
     failure examples, plots) stays in report.md."""

@@ -37,7 +37,7 @@ from cotdistill.evaluate.report import (
 )
 from cotdistill.evaluate.score import default_verifier
 from cotdistill.evaluate.sources import ModelSource, locate_models, parse_model_specs, weights_id
-from cotdistill.evaluate.summary import retention
+from cotdistill.evaluate.summary import paired_differences, retention
 from cotdistill.infra.files import sha256_file, write_jsonl, write_manifest
 from cotdistill.infra.locking import locks_output
 from cotdistill.problems import ProblemFields, load_problems
@@ -56,6 +56,18 @@ def check_problems(problems: Sequence[Problem]) -> None:
                 line=int(line) if line.isdigit() else None,
                 field="answer",
             )
+
+
+def parse_contrasts(contrasts: Sequence[str], models: dict[str, str]) -> list[tuple[str, str]]:
+    """["self:self-unfiltered"] -> [("self", "self-unfiltered")], each name a model given."""
+    pairs = []
+    for entry in contrasts:
+        model, sep, versus = entry.partition(":")
+        if not sep or model.strip() not in models or versus.strip() not in models:
+            raise InputError(f"contrast {entry!r} is not MODEL:OTHER over the models given "
+                             f"({', '.join(models)})", field="contrasts")
+        pairs.append((model.strip(), versus.strip()))
+    return pairs
 
 
 def load_eval_problems(config: EvaluateConfig) -> list[Problem]:
@@ -85,6 +97,7 @@ def run_evaluate(
     models = parse_model_specs(config.model)
     if config.reference not in models:
         print(f"evaluate: warning: {no_reference(config, models)}", file=sys.stderr)
+    contrasts = parse_contrasts(config.contrasts, models)
     problems = load_eval_problems(config)
     template = load_template(config.prompt_template)
     if config.backend == "openai":
@@ -151,6 +164,12 @@ def run_evaluate(
             level=config.confidence,
         ),
     }
+    pairs = [(name, config.reference) for name in runs if name != config.reference]
+    summary["differences"] = paired_differences(
+        {name: run.samples for name, run in runs.items()},
+        pairs + [c for c in contrasts if c not in pairs],
+        resamples=config.bootstrap_resamples, seed=config.bootstrap_seed,
+        level=config.confidence)
     from cotdistill.evaluate.plots import write_plots
 
     summary.update(decision_measures({n: r.samples for n, r in runs.items()}, summary, config))

@@ -137,3 +137,28 @@ def retention(
         )
         table[name] = {"reference": reference, **interval.as_dict()}
     return table
+
+
+def paired_differences(
+    per_model: dict[str, Sequence[EvalSample]],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Accuracy of `model` minus that of `versus` for each pair, on the problems both answered,
+    with a paired bootstrap interval (each resample draws the same problems for both), and how
+    many problems each got right more often. Pairs naming a model not evaluated are skipped."""
+    rows = []
+    for model, versus in pairs:
+        if model not in per_model or versus not in per_model or model == versus:
+            continue
+        own, other = problem_scores(per_model[model]), problem_scores(per_model[versus])
+        both = [pid for pid in own if pid in other]
+        interval = bootstrap_mean([own[p] - other[p] for p in both], resamples, seed, level)
+        rows.append({"model": model, "versus": versus, "problems": len(both),
+                     **interval.as_dict(),
+                     "better": sum(own[p] > other[p] for p in both),
+                     "worse": sum(own[p] < other[p] for p in both)})
+    return rows

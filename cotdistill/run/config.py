@@ -1,4 +1,4 @@
-"""Settings of `cotdistill run`: the chain, its students, refinement rounds."""
+"""Settings of `cotdistill run`: the chain, its students, refinement and self-training rounds."""
 
 from __future__ import annotations
 
@@ -64,6 +64,45 @@ class RefineConfig(StrictModel):
     )
 
 
+class RoundsConfig(StrictModel):
+    """Self-training rounds (STaR / ReST-EM): a model samples the training problems, the
+    verified traces are kept, a student trains on them (cotdistill/run/rounds/)."""
+
+    count: int = Field(gt=0, description="Self-training rounds after the main chain.")
+    generator: Literal["best_student", "teacher"] = Field(
+        "best_student", description="Who samples in round r: best_student, the previous "
+        "round's student (round 1: the student the main chain trained); teacher: the run's "
+        "teacher.",
+    )
+    start: Literal["original", "last"] = Field(
+        "original", description="Where each round's student starts: original, the named "
+        "student's own starting point (its init/prune, its start, or the teacher; ReST-EM); "
+        "last, the previous round's student (its fp32 master when it has one).",
+    )
+    student: str | None = Field(None, description="Student of the run the rounds retrain; "
+                                "default: the first.")
+    keep_previous: bool = Field(
+        True, description="Each round trains on its own kept traces plus the main chain's "
+        "(the run's filter's sft.jsonl); false: on its own kept traces only. Earlier rounds' "
+        "traces are never added.",
+    )
+    generate: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill generate` keys for the rounds, over the "
+        "run's generate section; by default until_correct 1 and max_samples max(8, n) "
+        "(sample each problem until one verified-correct trace; null both for n each).",
+    )
+    filter: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill filter` keys for the rounds, over the "
+        "run's filter section; decontaminate entries are added to the run's (the evaluation "
+        "problems, any refinement validation split and the filter section's), never replace "
+        "them.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="`cotdistill train` keys for each round, over the "
+        "student's own (e.g. epochs: 1).",
+    )
+
+
 class TuneSection(StrictModel):
     """The `tune:` section of a run config: what `cotdistill tune` searches (docs/tune.md)."""
 
@@ -117,15 +156,16 @@ class StudentPlan(StrictModel):
 
 class PipelineConfig(StrictModel):
     """How nested sections override: a key set in a section replaces the value the stage would
-    otherwise get (from the defaults, the shared `engine:` keys, or, for `refine:`'s sections,
-    the run's own section or the refined student's `train:` keys), and a list is replaced whole,
-    never extended: `refine: {generate: {stop: [a]}}` gives the rounds exactly `[a]`. One kind
-    of key is added to instead: `decontaminate`, the problems a filter must never keep. Every
-    filter of a run (the main one and each refinement round's) decontaminates against the
-    run's `eval_problems`, plus the `decontaminate` entries of its own section and of the
-    sections it inherits from; an entry is added, never substituted, so `decontaminate: []`
-    removes nothing. Keys that connect the stages (paths, models, the rounds' `n` and how
-    they read the problems files the run writes) are set by `run` and refused in a section.
+    otherwise get (from the defaults, the shared `engine:` keys, or, for the sections of
+    `refine:` and `rounds:`, the run's own section or the student's `train:` keys), and a list
+    is replaced whole, never extended: `refine: {generate: {stop: [a]}}` gives the rounds
+    exactly `[a]`. One kind of key is added to instead: `decontaminate`, the problems a filter
+    must never keep. Every filter of a run (the main one, each refinement round's and each
+    self-training round's) decontaminates against the run's `eval_problems`, plus the
+    `decontaminate` entries of its own section and of the sections it inherits from; an entry
+    is added, never substituted, so `decontaminate: []` removes nothing. Keys that connect the
+    stages (paths, models, the refinement rounds' `n` and how they read the problems files the
+    run writes) are set by `run` and refused in a section.
     `cotdistill run --dry-run` prints every stage's resolved config.
     """
 
@@ -136,7 +176,8 @@ class PipelineConfig(StrictModel):
     problems: Path | None = Field(None, description="Training problems the teacher solves.")
     eval_problems: Path | None = Field(
         None, description="Held-out problems: the evaluation set, always in the "
-        "decontamination set of every filter of the run (refinement rounds' too)."
+        "decontamination set of every filter of the run (refinement and self-training "
+        "rounds' too)."
     )
     engine: dict[str, Any] = Field(
         default_factory=dict,
@@ -195,11 +236,18 @@ class PipelineConfig(StrictModel):
         default_factory=list,
         description="Redo these stages from scratch this time: synthesize, generate, filter, "
         "a student's name, evaluate, refine (the split and every round), a round "
-        "(`NAME-round-R`), or all. Each one's old folder is moved aside to "
+        "(`NAME-round-R`), rounds (every self-training round), one of them (`NAME-st-R`), "
+        "or all. Each one's old folder is moved aside to "
         "`<folder>.old-<time>` (kept), e.g. to apply changed generate settings.",
     )
     dry_run: bool = Field(
-        False, description="Print every planned stage (refinement rounds included), one JSON "
-        "object per line (stage, kind, folder, resolved config, inputs), and run nothing: no "
-        "folder is created, no engine loaded, no server asked.",
+        False, description="Print every planned stage (refinement and self-training rounds "
+        "included), one JSON object per line (stage, kind, folder, resolved config, inputs), "
+        "and run nothing: no folder is created, no engine loaded, no server asked.",
+    )
+    rounds: RoundsConfig | None = Field(
+        None, description="Self-training rounds (STaR / ReST-EM) after the main chain: each "
+        "round a generator samples the training problems with a gold answer, the run's filter "
+        "keeps the verified traces, and a student trains on them and is evaluated with the "
+        "rest (cotdistill/run/rounds/). The control and the evaluation set are never touched.",
     )

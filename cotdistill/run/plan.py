@@ -12,6 +12,7 @@ from cotdistill.errors import InputError
 from cotdistill.run.config import PipelineConfig
 from cotdistill.run.control import ControlDataConfig
 from cotdistill.run.refine.plan import Refinement
+from cotdistill.run.rounds.plan import SelfTraining
 from cotdistill.run.steps import Step, owned, section_of
 
 
@@ -20,6 +21,7 @@ class Plan:
     steps: list[Step]
     evaluate_dir: Path
     refinement: Refinement | None = None
+    rounds: SelfTraining | None = None
 
 
 def _teacher_spec(config: PipelineConfig, source: Any, ask_server: bool = True) -> str:
@@ -203,6 +205,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
                                  [start] if start else origin_dep)
         trains[student.name] = student.train
 
+    contrasts: list[str] = []
     if config.control == "unfiltered":
         if not config.students:
             raise InputError("control: unfiltered needs a student to copy", file=source,
@@ -210,6 +213,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         of = config.control_of or config.students[0].name
         if of not in trains:
             raise InputError(f"no student named {of!r}", file=source, field="control_of")
+        contrasts.append(f"{of}:{of}-unfiltered")  # the report's headline: selection's gain
         control_dir = out / "control" / f"{of}-unfiltered"
         control_sft = control_dir / "data" / "sft.jsonl"
         rejected, kept, like = filter_dir / "rejected.jsonl", filter_dir / "kept.jsonl", sft
@@ -251,6 +255,15 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         steps += refinement.steps
         models.update(refinement.models)  # every round's student is evaluated with the rest
 
+    rounds = None
+    if config.rounds is not None:  # self-training: after every other training, control too
+        from cotdistill.run.rounds.plan import plan_self_training
+
+        rounds = plan_self_training(config, steps, models, generate, filtered, sft, validation,
+                                    source)
+        steps += rounds.steps
+        models.update(rounds.models)  # every round's student is evaluated with the rest
+
     owned(config.evaluate, ("problems", "model", "out"), "evaluate")
     eval_dir = out / "evaluate"
     specs = [f"teacher={_teacher_spec(config, source, ask_server)}"]
@@ -262,7 +275,8 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         # The filter's answer reading, unless the evaluate section says otherwise: one run
         # judges its traces and its models by the same rule.
         {"prompt_template": generate.prompt_template, "reference": "teacher",
-         "fallback_last_number": filtered.fallback_last_number, **config.engine,
+         "fallback_last_number": filtered.fallback_last_number, "contrasts": contrasts,
+         **config.engine,
          **config.evaluate, "problems": config.eval_problems, "model": specs, "out": eval_dir},
         "evaluate", source, set(config.engine) - set(config.evaluate),
     )
@@ -270,7 +284,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
     if config.evaluate_bases:
         eval_deps += [s for s in starts.values() if s is not None]
     steps.append(Step("evaluate", "evaluate", eval_dir, evaluate, eval_deps))
-    return Plan(steps, eval_dir, refinement)
+    return Plan(steps, eval_dir, refinement, rounds)
 
 
 def plan_lines(the_plan: Plan) -> list[str]:

@@ -13,6 +13,7 @@ from cotdistill.infra.files import (
     read_manifest,
 )
 from cotdistill.run.config import PipelineConfig
+from cotdistill.run.headline import headline_lines
 from cotdistill.run.plan import Plan
 from cotdistill.run.steps import Step
 
@@ -37,6 +38,10 @@ def _manifest_line(step: Step) -> str:
                 f"{manifest.get('mode')}" + (f", loss {loss:.3f}" if loss is not None else ""))
     if step.kind == "control_data":
         return f"{counts.get('drawn')} traces drawn ({counts.get('drawn_correct')} correct)"
+    if step.kind == "evaluate" and counts.get("engine_starts") is not None:
+        return (f"{counts.get('models')} models on {counts.get('problems')} problems, "
+                f"{counts['engine_starts']} engine start(s), "
+                f"{counts.get('weight_reloads', 0)} weight reload(s)")
     if step.kind == "student_init":
         return ", ".join(f"{k} {v}" for k, v in counts.items())
     return ""
@@ -136,6 +141,11 @@ def pipeline_report(
         f"Teacher `{config.teacher or 'embedded SmolLM2-135M-Instruct'}`, training problems "
         f"`{config.problems}`, evaluation problems `{config.eval_problems}`.",
         "",
+        *headline_lines(the_plan.evaluate_dir, getattr(next(
+            (s.config for s in the_plan.steps if s.kind == "evaluate"), None), "confidence",
+            0.95)),
+        "## Stages",
+        "",
         "| stage | output | time | what |",
         "|---|---|---|---|",
     ]
@@ -150,6 +160,8 @@ def pipeline_report(
     lines += chain_lines(the_plan)
     if the_plan.refinement is not None:
         lines += the_plan.refinement.report_lines(the_plan.steps[-1].config)
+    if the_plan.rounds is not None:  # self-training rounds (cotdistill/run/rounds/report.py)
+        lines += the_plan.rounds.report_lines(the_plan.evaluate_dir)
     write_run_html(Path(config.out) / "report.html", "\n".join(lines), filter_funnels(the_plan),
                    the_plan.evaluate_dir,
                    next((s.config for s in the_plan.steps if s.kind == "evaluate"), None))

@@ -71,6 +71,13 @@ class Stages:
     def refine_filter(self, config: Any) -> Any:
         return unless_empty("filter", config, self.filter)
 
+    # Self-training rounds (cotdistill/run/rounds/): the problems every round samples; the
+    # rounds' generate, filter and train are the stage functions above.
+    def rounds_problems(self, config: Any) -> Any:
+        from cotdistill.run.rounds.stages import run_rounds_problems
+
+        return run_rounds_problems(config)
+
 
 def _synthesize(config: Any) -> Any:
     from cotdistill.synthesize.stage import run_synthesize
@@ -118,11 +125,12 @@ def _banner(text: str) -> None:
 
 
 def stage_folders(the_plan: Plan) -> dict[str, Path]:
-    """Names `--fresh` takes -> the folder each one owns (a student's holds init and model)."""
+    """Names `--fresh` takes -> the folder each one owns (a student's holds init and model, a
+    self-training round `NAME-st-R: generate` its round's folder)."""
     folders: dict[str, Path] = {}
     for step in the_plan.steps:
         name = step.name.split(":")[0]
-        if step.kind in ("generate", "filter", "evaluate", "synthesize"):
+        if step.kind in ("generate", "filter", "evaluate", "synthesize") and ":" not in step.name:
             folders[name] = step.out
         else:
             folders.setdefault(name, step.out.parent)
@@ -197,8 +205,9 @@ def run_pipeline(
 
     report = pipeline_report(config, the_plan, record, time.time() - started)
     (out / "report.md").write_text(report)
-    print("\n" + terminal_tables(report, ("cotdistill run", "Evaluation", "Deployment",
-                                           "Progressive chains", "Refinement")))
+    print("\n" + terminal_tables(report, ("cotdistill run", "Headline", "Stages", "Evaluation",
+                                           "Paired differences", "Deployment",
+                                           "Progressive chains", "Refinement", "Rounds")))
     print(f"run: everything is under {out}/ ; evaluation report: {the_plan.evaluate_dir}/report.md")
     return {"stages": record, "report": str(out / "report.md"),
             "evaluation": str(the_plan.evaluate_dir)}

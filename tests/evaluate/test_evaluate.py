@@ -131,6 +131,29 @@ def fake_factory(logprobs: dict[str, float], built: list[str]):
     return factory
 
 
+def test_contrasts_add_paired_rows_and_a_wrong_name_is_refused_before_any_model_loads(
+    tmp_path: Path, problems_file: Path
+) -> None:
+    specs = ["teacher=teacher", "student=student", "other=student"]
+    built: list[str] = []
+    bad = EvaluateConfig(problems=problems_file, out=tmp_path / "bad", model=specs,
+                         contrasts=["student:nobody"], prompt_template="plain")
+    with pytest.raises(InputError, match="contrast 'student:nobody'"):
+        run_evaluate(bad, fake_factory({"teacher": -0.1, "student": -1.0}, built))
+    assert built == []
+    config = EvaluateConfig(problems=problems_file, out=tmp_path / "eval", model=specs[:2],
+                            contrasts=["teacher:student"], prompt_template="plain",
+                            bootstrap_resamples=50, latency_prompts=0)
+    run_evaluate(config, fake_factory({"teacher": -0.1, "student": -1.0}, built))
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [(d["model"], d["versus"]) for d in summary["differences"]] == [
+        ("student", "teacher"), ("teacher", "student")]
+    first, second = summary["differences"]
+    assert first["value"] == pytest.approx(-second["value"])
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Paired differences" in report and "| teacher | student | +" in report
+
+
 def test_evaluate_hand_made_case(tmp_path: Path, problems_file: Path) -> None:
     out = tmp_path / "eval"
     config = EvaluateConfig(

@@ -114,3 +114,23 @@ def test_evaluation_passes_its_level_to_the_intervals() -> None:
     wide_r = retention(per_model, "teacher", resamples=2000, level=0.95)["student"]
     narrow_r = retention(per_model, "teacher", resamples=2000, level=0.5)["student"]
     assert wide_r["low"] < narrow_r["low"] < narrow_r["high"] < wide_r["high"]
+
+
+def test_paired_differences_pair_by_problem_and_count_better_and_worse() -> None:
+    from cotdistill.evaluate.summary import paired_differences
+
+    right = {"teacher": "1100", "self": "1011", "control": "1000"}
+    per_model = {name: [sample(name, f"p{i}", c == "1") for i, c in enumerate(marks)]
+                 for name, marks in right.items()}
+    rows = paired_differences(per_model, [("self", "teacher"), ("self", "control"),
+                                          ("self", "missing")], resamples=200)
+    assert [(r["model"], r["versus"]) for r in rows] == [("self", "teacher"),
+                                                         ("self", "control")]
+    versus_teacher, versus_control = rows
+    assert versus_teacher["value"] == pytest.approx(0.25)
+    assert (versus_teacher["better"], versus_teacher["worse"]) == (2, 1)
+    assert versus_control["value"] == pytest.approx(0.5)
+    assert (versus_control["better"], versus_control["worse"]) == (2, 0)
+    # Paired: the per-problem differences are 0, 0, 1, 1, so no resample goes below 0.
+    assert versus_control["low"] >= 0.0 and versus_control["high"] <= 1.0
+    assert versus_teacher["problems"] == 4

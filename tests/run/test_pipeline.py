@@ -143,6 +143,7 @@ def test_plan_connects_the_stages(pipeline_config: PipelineConfig, tmp_path: Pat
     assert evaluate.problems == pipeline_config.eval_problems
     assert evaluate.prompt_template == "plain"  # the generation template unless told otherwise
     assert evaluate.gpu_memory_utilization == 0.2 and evaluate.reference == "teacher"
+    assert evaluate.contrasts == ["cut:cut-unfiltered"]  # the headline: selection's gain
     assert evaluate.model == [
         "teacher=fake-teacher",
         f"cut-base={run / 'students' / 'cut' / 'init'}",
@@ -363,6 +364,11 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path,
     assert cut["num_hidden_layers"] == 2
     report = (run / "report.md").read_text()
     assert "## Evaluation" in report and "## Failure modes" in report
+    # It leads with the paired differences: self 1 of 4 right where the teacher had 4 and the
+    # control 3 (problems 11, 31, 5 the control's, 20 self's own).
+    assert report.index("## Headline") < report.index("| stage |")
+    assert "| self | teacher | -0.750 [" in report
+    assert "| self | self-unfiltered | -0.500 [" in report and "| 1 / 3 |" in report
     # The terminal gets the tables a person decides on; notes and examples stay in the file.
     printed = capsys.readouterr().out
     assert "| generate |" in printed and "| self-unfiltered |" in printed
