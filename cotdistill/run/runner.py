@@ -205,6 +205,9 @@ def run_pipeline(
 
     report = pipeline_report(config, the_plan, record, time.time() - started)
     (out / "report.md").write_text(report)
+    # Each stage's seconds (or that it was reused) for scripts: bench/bench_demo.py reads it.
+    (out / "stages.json").write_text(json.dumps(
+        {"stages": record, "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
     print("\n" + terminal_tables(report, ("cotdistill run", "Headline", "Stages", "Evaluation",
                                            "Paired differences", "Deployment",
                                            "Progressive chains", "Refinement", "Rounds")))
