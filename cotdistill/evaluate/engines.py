@@ -23,9 +23,11 @@ from cotdistill.evaluate.config import BackendFactory
 from cotdistill.infra.files import sha256_file, sha256_text
 
 # Keys of config.json and the tokenizer's JSON files that do not change what an engine is built
-# from (where the folder was loaded from, which library version wrote it).
+# from (where the folder was loaded from, which library version wrote it, transformers' own
+# runtime switches: TRL saves students with use_cache false).
 NOT_STRUCTURAL = {"_name_or_path", "transformers_version", "name_or_path", "_commit_hash",
-                  "is_local", "local_files_only"}
+                  "is_local", "local_files_only", "use_cache", "output_attentions",
+                  "output_hidden_states", "return_dict"}
 DTYPE_KEYS = {"torch_dtype", "dtype"}
 # Files besides config.json that the engine reads at start.
 ENGINE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -174,6 +174,10 @@ def save_outputs(trainer: Any, tokenizer: Any, out: Path, config: TrainConfig,
 
     master = out / MASTER
     narrower = save_dtype != "float32" and not config.lora
+    # TRL turns the KV cache off for training; the saved model generates with it, as its base.
+    config_of = getattr(trainer.accelerator.unwrap_model(trainer.model), "config", None)
+    if config_of is not None and hasattr(config_of, "use_cache"):
+        config_of.use_cache = True
     # every rank takes part (sharded weights are gathered)
     trainer.save_model(str(master if narrower else out))
     if not trainer.is_world_process_zero():

@@ -348,6 +348,9 @@ def test_run_with_real_filter_and_training(tmp_path: Path, tiny_teacher: Path,
     assert calls == ["generate", "filter", "train", "student_init", "train", "control_data",
                      "train", "evaluate"]
     run = tmp_path / "run"
+    record = json.loads((run / "stages.json").read_text())["stages"]
+    assert [s["stage"] for s in record][:2] == ["generate", "filter"] and len(record) == 8
+    assert not any(s["reused"] for s in record)
     kept = (run / "filter" / "sft.jsonl").read_text().splitlines()
     control = (run / "control" / "self-unfiltered" / "data" / "sft.jsonl").read_text()
     assert len(kept) == 6 and len(control.splitlines()) == 6

@@ -53,7 +53,9 @@ def test_saved_in_the_teachers_dtype_with_the_fp32_master_beside(
     manifest = run_train(config_for(sft_file, bf16_teacher, out))
     assert manifest["save_dtype"] == "bfloat16"
     assert saved_dtypes(out) == {"BF16"}
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16"
+    assert saved["use_cache"] is True  # TRL trains without the KV cache; served with it
     assert weights_bytes(out) <= weights_bytes(bf16_teacher)
     assert manifest["outputs"]["master"] == str(out / "master")
     assert saved_dtypes(out / "master") == {"F32"}
