@@ -149,8 +149,9 @@ class StudentPlan(StrictModel):
     on_policy: dict[str, Any] | None = Field(
         None,
         description="A second stage after `train`: on-policy distillation from the run's "
-        "teacher (`cotdistill train --kd on-policy` keys, e.g. max_steps, kd_loss); data, "
-        "student, teacher, kd and out are set by run. The student evaluated is its result.",
+        "teacher (`cotdistill train` keys, e.g. max_steps, kd_loss; kd: on-policy, TRL's GKD, "
+        "the default, or on-policy-vllm, rollouts on vLLM); data, student, teacher and out are "
+        "set by run. The student evaluated is its result.",
     )
 
 

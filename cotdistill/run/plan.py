@@ -188,12 +188,17 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         steps.append(Step(f"{student.name}: train", "train", model_dir, train,
                           [sft, *([start] if start else origin_dep), *chain_dep]))
         if student.on_policy is not None:
-            owned(student.on_policy, ("data", "student", "teacher", "kd", "out"),
-                   f"{section}.on_policy")
+            owned(student.on_policy, ("data", "student", "teacher", "out"),
+                  f"{section}.on_policy")
+            mode = student.on_policy.get("kd", "on-policy")
+            if mode not in ("on-policy", "on-policy-vllm"):
+                raise InputError(f"{section}.on_policy.kd is on-policy (TRL's GKD) or "
+                                 f"on-policy-vllm (rollouts on vLLM), not {mode!r}",
+                                 file=source, field=f"{section}.on_policy.kd")
             sft_model, model_dir = model_dir, folder / "on_policy"
             on_policy = section_of(
                 TrainConfig,
-                {**student.on_policy, "data": [sft], "out": model_dir, "kd": "on-policy",
+                {**student.on_policy, "data": [sft], "out": model_dir, "kd": mode,
                  "student": str(sft_model), "teacher": teacher_model or "embedded"},
                 f"{section}.on_policy", source,
             )

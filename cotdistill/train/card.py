@@ -51,7 +51,9 @@ def method(config: TrainConfig, manifest: dict[str, Any]) -> list[str]:
     divergence = _DIVERGENCE[config.kd_loss].replace("beta", f"{config.kd_beta:g}")
     where = {"online": "the teacher runs on each batch",
              "offline-topk": "the teacher's top-K log-probabilities stored by generate",
-             "on-policy": "the student samples answers and the teacher scores them (GKD)"}[mode]
+             "on-policy": "the student samples answers and the teacher scores them (GKD)",
+             "on-policy-vllm": "the student samples on vLLM and a vLLM teacher scores its "
+                               "top-K"}[mode]
     lines = [f"Logit distillation ({mode}: {where}) of {how} from `{teacher}`.", "",
              f"Loss: `(1 - alpha) * CE + alpha * T^2 * {divergence}` with alpha = "
              f"{config.distill_alpha:g}, T = {config.distill_temperature:g} (p_t, p_s: the "

@@ -58,13 +58,15 @@ class TrainConfig(StrictModel):
     distill_alpha: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of T^2 * KL; CE on the trace gets 1 - alpha."
     )
-    kd: Literal["online", "offline-topk", "on-policy"] | None = Field(
+    kd: Literal["online", "offline-topk", "on-policy", "on-policy-vllm"] | None = Field(
         None,
         description="Logit distillation: online (the --teacher model runs on each batch), "
         "offline-topk (the teacher's top-K logprobs stored by `generate --topk-logprobs`, no "
-        "teacher loaded) or on-policy (the student samples answers to the prompts and the "
-        "--teacher scores them; TRL's GKD loop); unset: online when --teacher is given, else "
-        "plain SFT.",
+        "teacher loaded), on-policy (the student samples answers to the prompts and the "
+        "--teacher scores them; TRL's GKD loop) or on-policy-vllm (the same with the student's "
+        "rollouts on a colocated vLLM engine and the teacher's top-K logprobs from a vLLM "
+        "engine or --kd-teacher-server: the trainer holds only the student); unset: online when "
+        "--teacher is given, else plain SFT.",
     )
     kd_loss: Literal["forward", "reverse", "jsd"] = Field(
         "forward", description="Online KD divergence: forward KL(p_t||p_s) (the seeds'), "
@@ -82,6 +84,22 @@ class TrainConfig(StrictModel):
     )
     kd_sample_temperature: float = Field(
         1.0, gt=0.0, description="--kd on-policy: the student's sampling temperature."
+    )
+    kd_topk: int = Field(
+        20, gt=0, le=20, description="--kd on-policy-vllm: teacher log-probs kept per token (the "
+        "top K; vLLM's default limit is 20)."
+    )
+    kd_rollout_every: int = Field(
+        1, gt=0, description="--kd on-policy-vllm: copy the student's weights into the rollout "
+        "engine every N optimizer steps (1: every step, fully on-policy)."
+    )
+    kd_sft_mix: float = Field(
+        0.0, ge=0.0, lt=1.0, description="--kd on-policy-vllm: weight of CE on the --data traces "
+        "mixed into the loss: (1 - mix) * KD + mix * CE, one batch of traces per micro-batch."
+    )
+    kd_teacher_server: str | None = Field(
+        None, description="--kd on-policy-vllm: URL of a vLLM server serving --teacher (e.g. "
+        "http://127.0.0.1:8000); its top-K prompt logprobs replace the in-process teacher engine."
     )
     topk_from: list[Path] = Field(
         default_factory=list,

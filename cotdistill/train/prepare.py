@@ -59,7 +59,7 @@ class Prepared:
     train_rows: list[Tokenized]
     eval_rows: list[Tokenized]
     offline: Any = None  # distill.OfflineKD with --kd offline-topk
-    on_policy: Any = None  # --kd on-policy: {"train": [{"messages": ...}], "eval": [...]}
+    on_policy: Any = None  # --kd on-policy(-vllm): {"train": [{"messages"|"prompt": ...}], ...}
     weights_path: str = ""  # where the student's weights load from: its fp32 master if it has one
     save_dtype: str = "float32"  # what the trained student is saved (and served) in
 
@@ -119,6 +119,9 @@ def prepare(config: TrainConfig) -> Prepared:
     from cotdistill.models import load_pretrained, resolve_model
 
     check_tracker(config)
+    from cotdistill.train.on_policy_vllm import check_on_policy_vllm
+
+    check_on_policy_vllm(config)  # before any model or engine loads
     examples = load_examples(config.data)
     student_path, student_name = resolve_model(config.student)
     tokenizer = load_pretrained(AutoTokenizer, student_path, config.trust_remote_code, "student")
@@ -165,10 +168,11 @@ def prepare(config: TrainConfig) -> Prepared:
                              config.topk_on_mismatch)
         teacher_name = kd.meta.get("teacher") or kd.meta.get("tokenizer") or "stored top-k"
     on_policy = None
-    if config.kd == "on-policy":
+    if config.kd in ("on-policy", "on-policy-vllm"):
         # Only the prompts matter: the student answers them itself at every step.
         held = {r.problem_id for r in eval_rows}
-        on_policy = {part: [{"messages": e.prompt + e.completion} for e in examples
+        on_policy = {part: [{"messages": e.prompt + e.completion} if config.kd == "on-policy"
+                            else {"prompt": e.prompt} for e in examples
                             if (e.problem_id in held) == (part == "eval")]
                      for part in ("train", "eval")}
     return Prepared(student_path, student_name, teacher_path, teacher_name, tokenizer, stats,

@@ -171,6 +171,10 @@ def build_trainer(
     if offline:
         return distillation_trainer_class()(**common, settings=settings,
                                             topk=prepared.offline.table)
+    if config.kd == "on-policy-vllm":
+        from cotdistill.train.on_policy_vllm import build_on_policy_vllm_trainer
+
+        return build_on_policy_vllm_trainer(config, prepared, common)
     if prepared.on_policy is not None:
         from datasets import Dataset
 

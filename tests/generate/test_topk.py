@@ -184,6 +184,37 @@ def test_run_adds_an_on_policy_stage_after_a_students_sft(tmp_path: Path) -> Non
     assert f"s={tmp_path / 'run' / 'students' / 's' / 'on_policy'}" in evaluated
 
 
+@pytest.mark.parametrize("mode", ["on-policy-vllm", "online"])
+def test_run_on_policy_stage_takes_the_vllm_mode_and_refuses_others(tmp_path: Path,
+                                                                     mode: str) -> None:
+    from cotdistill.errors import InputError
+    from cotdistill.run.config import PipelineConfig
+    from cotdistill.run.plan import plan
+
+    problems = make_problems(tmp_path / "p.jsonl", 3)
+    config = PipelineConfig.model_validate({
+        "out": tmp_path / "run", "teacher": "fake-teacher", "problems": problems,
+        "eval_problems": problems,
+        "students": [{"name": "s", "train": {"epochs": 1},
+                      "on_policy": {"max_steps": 5, "kd": mode}}],
+    })
+    if mode == "online":
+        with pytest.raises(InputError, match="on_policy.kd"):
+            plan(config)
+        return
+    stage = {s.name: s for s in plan(config).steps}["s: on-policy"].config
+    assert stage.kd == "on-policy-vllm" and stage.teacher == "fake-teacher"
+
+
+def test_the_model_card_names_the_vllm_on_policy_mode() -> None:
+    from cotdistill.train.card import method
+    from cotdistill.train.config import TrainConfig
+
+    config = TrainConfig(kd="on-policy-vllm", teacher="t", data=[Path("d.jsonl")])
+    lines = method(config, {"teacher_model": "t", "kd": {"mode": "on-policy-vllm"}})
+    assert "samples on vLLM" in lines[0]
+
+
 def test_the_issue_flags_exist() -> None:
     from cotdistill.cli import build_parser
     from cotdistill.config import load_config
