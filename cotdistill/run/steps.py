@@ -41,7 +41,12 @@ def section_of(
     engine: Collection[str] = (),
 ) -> Any:
     """Validate a section into its stage config; errors name the section key (`filter.x`), or
-    `engine.x` for a key that came from the shared `engine:` mapping (listed in `engine`)."""
+    `engine.x` for a key that came from the shared `engine:` mapping (listed in `engine`).
+
+    A training stage of a run deletes its checkpoints once finished unless the section says
+    `keep_checkpoints: true`: the run's manifests make reruns free."""
+    if "keep_checkpoints" in model.model_fields:
+        values = {"keep_checkpoints": False, **values}
     try:
         return validate_config(model, values, source)
     except InputError as exc:

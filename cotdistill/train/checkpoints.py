@@ -12,8 +12,9 @@ from cotdistill.infra.files import sha256_file
 from cotdistill.train.config import CHECKPOINTS, RUN_STAMP, TrainConfig
 
 # Keys that change how often things are saved or logged, or where, but not the weights.
-_NOT_IN_STAMP = ("data", "out", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
-                 "resume", "merge", "compile", "save_dtype", "report_to", "run_name")
+_NOT_IN_STAMP = ("data", "out", "save_steps", "save_total_limit", "keep_checkpoints",
+                 "logging_steps", "eval_steps", "resume", "merge", "compile", "save_dtype",
+                 "report_to", "run_name")
 
 
 def model_fingerprint(model: str | None) -> str | None:

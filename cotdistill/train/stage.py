@@ -137,8 +137,13 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
                    if config.report_to == "tensorboard" else {})},
             "peak_memory_bytes": memory.peak_bytes,
             "peak_memory_what": memory.what,
+            "checkpoints": "kept" if config.keep_checkpoints else "deleted once finished",
         },
     )
+    if not config.keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_model_card(out, config, manifest, log_path)
     loss = metrics.get("train_loss")
     print(f"train: {trainer.state.global_step} steps"

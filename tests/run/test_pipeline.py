@@ -132,6 +132,8 @@ def test_plan_connects_the_stages(pipeline_config: PipelineConfig, tmp_path: Pat
     assert steps["filter"].config.decontaminate == [pipeline_config.eval_problems]
     assert steps["filter"].config.traces == [run / "generate" / "traces.jsonl"]
     assert steps["self: train"].config.student == "fake-teacher"
+    # A run's trainings drop their checkpoints once finished (its manifests make reruns free).
+    assert steps["self: train"].config.keep_checkpoints is False
     assert steps["self: train"].config.data == [run / "filter" / "sft.jsonl"]
     assert steps["cut: train"].config.student == str(run / "students" / "cut" / "init")
     # The control copies its student's start and training keys, not its data.

@@ -409,3 +409,18 @@ def test_compile_runs_compiled_decoder_layers_with_the_same_losses(
         # Regional compilation keeps parameter names: the saved folder is a plain model.
         assert not any(k.startswith("_orig_mod") for k in _weights(out))
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@pytest.mark.train
+def test_keep_checkpoints_false_deletes_them_once_finished(tiny_model: Path, sft_file: Path,
+                                                           tmp_path: Path) -> None:
+    kept = run_train(fast(sft_file, tiny_model, tmp_path / "kept", max_steps=2, save_steps=1))
+    assert (tmp_path / "kept" / "checkpoints" / "checkpoint-2").is_dir()
+    assert kept["checkpoints"] == "kept"
+    out = tmp_path / "dropped"
+    dropped = run_train(fast(sft_file, tiny_model, out, max_steps=2, save_steps=1,
+                             keep_checkpoints=False))
+    assert not (out / "checkpoints").exists()
+    assert dropped["checkpoints"] == "deleted once finished"
+    assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
+    assert _weights(out).keys() == _weights(tmp_path / "kept").keys()
