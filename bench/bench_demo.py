@@ -4,6 +4,8 @@ training seeds (`--seeds`) to show how far one run's headline can move.
 
     .venv/bin/python bench/bench_demo.py                                   # after only
     .venv/bin/python bench/bench_demo.py --before bench/demo_before.yaml --seeds 3
+    time make demo && .venv/bin/python bench/bench_demo.py --after-run runs/demo \
+        --before bench/demo_before.yaml --seeds 3      # the after run is `make demo`'s
 
 Writes bench/results/demo.md and demo.json: per configuration the wall time and each stage's
 seconds (the run's stages.json), the machine's load average before and after (other work on
@@ -50,6 +52,26 @@ def run(config: Path, out: Path) -> dict[str, Any]:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "stages": {s["stage"]: ("reused" if s["reused"] else s["seconds"]) for s in stages},
+        "engines": summary.get("engines"),
+        "models": {name: {k: m.get(k) for k in ("accuracy", "accuracy_ci", "truncated_share",
+                                                "parameters", "engine", "load_s",
+                                                "generation_s")}
+                   for name, m in summary["models"].items()},
+        "differences": summary.get("differences", []),
+        "retention": summary.get("retention", {}),
+    }
+
+
+def finished(out: Path, how: str) -> dict[str, Any]:
+    """A run already done in `out` (e.g. by `time make demo` on an idle machine): its seconds
+    from stages.json, its figures from the evaluation."""
+    record = json.loads((out / "stages.json").read_text())
+    summary = json.loads((out / "evaluate" / "summary.json").read_text())
+    return {
+        "command": how, "wall_time_s": record["seconds"],
+        "load_average_before": None, "load_average_after": None,
+        "stages": {s["stage"]: ("reused" if s["reused"] else s["seconds"])
+                   for s in record["stages"]},
         "engines": summary.get("engines"),
         "models": {name: {k: m.get(k) for k in ("accuracy", "accuracy_ci", "truncated_share",
                                                 "parameters", "engine", "load_s",
@@ -129,20 +151,29 @@ def main() -> int:
                         "retrain and re-evaluate on its kept traces.")
     parser.add_argument("--student", default="self")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-demo")
+    parser.add_argument("--after-run", type=Path, default=None,
+                        help="A finished run of --config (e.g. runs/demo after `time make "
+                        "demo`) taken as the after figures instead of running it again; the "
+                        "seed reruns then happen in that folder.")
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)  # fresh runs: nothing may be reused
     args.out.mkdir(parents=True)
     runs: dict[str, dict[str, Any]] = {}
+    after_dir = args.after_run or args.out / "after"
+    if args.after_run is not None:
+        runs["after"] = finished(args.after_run, f"a finished run in {args.after_run}")
     if args.before is not None:
         runs["before"] = run(args.before, args.out / "before")
-    runs["after"] = run(args.config, args.out / "after")
+    if args.after_run is None:
+        runs["after"] = run(args.config, after_dir)
+    runs = {name: runs[name] for name in ("before", "after") if name in runs}
     seeds = {0: runs["after"]}
     for seed in range(1, args.seeds):
         # Same output folder: generate, filter and the control's draw are reused; the
         # students train again with the new seed and evaluate scores them (the teacher's
         # samples come from its cache).
-        seeds[seed] = run(with_seed(args.config, seed, args.out), args.out / "after")
+        seeds[seed] = run(with_seed(args.config, seed, args.out), after_dir)
     control = f"{args.student}-unfiltered"
     figures = {
         "cpus": os.cpu_count(), "platform": platform.platform(), "runs": runs,
@@ -156,7 +187,8 @@ def main() -> int:
              f"`.venv/bin/python bench/bench_demo.py {' '.join(sys.argv[1:])}` on "
              f"{figures['cpus']} CPUs ({figures['platform']}). Load average before/after each "
              "run: " + "; ".join(f"{name} {r['load_average_before']} -> "
-                                 f"{r['load_average_after']}" for name, r in runs.items())
+                                 f"{r['load_average_after']}" for name, r in runs.items()
+                                 if r["load_average_before"] is not None)
              + " (above the CPU count: other work shared the machine).", "",
              "## Stage seconds", "", *stage_table(runs), ""]
     if len(seeds) > 1:
