@@ -308,21 +308,29 @@ def test_target_params_half(gqa_teacher: Path, calibration: Path, tmp_path: Path
 @pytest.mark.vllm
 def test_vllm_serves_a_pruned_model(gqa_teacher: Path, calibration: Path,
                                     tmp_path: Path) -> None:
-    """Pruned to tests/helpers/tiny.py's sizes (hidden 64, 2 heads of 32, 1 KV head, MLP 128)."""
+    """Pruned to tests/helpers/tiny.py's sizes (hidden 64, 2 heads of 32, 1 KV head, MLP 128),
+    then quantised to w4a16: both folders are served (the pruned widths, multiples of 64, keep
+    the quantiser's groups whole)."""
     from cotdistill.backends.sizing import Workload
     from cotdistill.backends.vllm_backend import VLLMBackend
+    from cotdistill.compress.quantize import QuantizeConfig, run_quantize
     from cotdistill.config import EngineConfig, SamplingConfig
     from cotdistill.records import Message
 
     out = tmp_path / "served"
     prune(gqa_teacher, calibration, out, mlp=128, hidden=64, heads=2, layers=2)
-    backend = VLLMBackend(str(out), EngineConfig(), Workload.of(1, 1, 8))
-    try:
-        served = backend.llm.llm_engine.vllm_config.model_config.hf_config
-        assert (served.hidden_size, served.num_hidden_layers, served.num_key_value_heads) == (
-            64, 2, 1)
-        [[completion]] = backend.generate([[Message(role="user", content="What is 2 + 3?")]],
-                                          SamplingConfig(temperature=0.0, max_tokens=8))
-    finally:
-        backend.close()
-    assert completion.num_tokens > 0
+    run_quantize(QuantizeConfig(model=str(out), scheme="w4a16", out=tmp_path / "w4a16"))
+    for folder, quantization in ((out, None), (tmp_path / "w4a16", "compressed-tensors")):
+        backend = VLLMBackend(str(folder), EngineConfig(), Workload.of(1, 1, 8))
+        try:
+            model_config = backend.llm.llm_engine.vllm_config.model_config
+            served = model_config.hf_config
+            assert (served.hidden_size, served.num_hidden_layers,
+                    served.num_key_value_heads) == (64, 2, 1)
+            assert model_config.quantization == quantization
+            [[completion]] = backend.generate(
+                [[Message(role="user", content="What is 2 + 3?")]],
+                SamplingConfig(temperature=0.0, max_tokens=8))
+        finally:
+            backend.close()
+        assert completion.num_tokens > 0
