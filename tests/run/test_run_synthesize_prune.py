@@ -226,13 +226,14 @@ def test_the_demo_plans_the_same_stages(monkeypatch: pytest.MonkeyPatch) -> None
     steps = plan(config, ROOT / "configs" / "demo.yaml", ask_server=False).steps
     assert [(s.name, s.kind) for s in steps] == [
         ("generate", "generate"), ("filter", "filter"), ("self: train", "train"),
-        ("cut: init", "student_init"), ("cut: train", "train"),
         ("self-unfiltered: data", "control_data"), ("self-unfiltered: train", "train"),
         ("evaluate", "evaluate")]
     generate = steps[0].config
     assert (str(generate.problems), generate.limit) == ("data/word_problems/train.jsonl", 150)
-    control = steps[5].config
+    control = steps[3].config
     assert control.kept == Path("runs/demo/filter/kept.jsonl")
+    evaluate = steps[-1].config
+    assert evaluate.contrasts == ["self:self-unfiltered"] and evaluate.share_engine
 
 
 def test_real_synthesis_labels_new_numbers_and_refuses_copies_of_the_evaluation_set(
