@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from cotdistill.config import StrictModel
+from cotdistill.problems import AnswerFormat
 
 if TYPE_CHECKING:
     pass
@@ -16,9 +17,20 @@ from typing import Literal
 DEFAULT_FRACTION = 0.1
 
 
-# The keys that say how to read a problems file; the split rewrites the problems in one form.
-PROBLEM_KEYS = ("question_field", "answer_field", "id_field", "question_template",
-                "category_field", "answer_format")
+class ProblemFileKeys(StrictModel):
+    """The keys that say how to read a problems file (generate's), carried by the run's own
+    problem stages (refinement's split, the rounds' problems, synthesis' join)."""
+
+    question_field: list[str]
+    answer_field: list[str]
+    id_field: str
+    question_template: str | None
+    category_field: str | None
+    answer_format: AnswerFormat
+
+
+# Their names; the split rewrites the problems in one form.
+PROBLEM_KEYS = tuple(ProblemFileKeys.model_fields)
 
 
 class RefineConfig(StrictModel):

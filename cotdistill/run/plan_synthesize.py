@@ -22,8 +22,8 @@ from pydantic import Field
 from cotdistill.config import EngineConfig, StrictModel, overlay
 from cotdistill.errors import InputError
 from cotdistill.infra.files import dump_line, sha256_file, write_jsonl, write_manifest
-from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
-from cotdistill.run.config import PROBLEM_KEYS
+from cotdistill.problems import ProblemFields, load_problems
+from cotdistill.run.config import PROBLEM_KEYS, ProblemFileKeys
 from cotdistill.run.refine.stages import normalized_fields, problem_row, rows_of
 from cotdistill.run.steps import Step, owned, section_of
 
@@ -41,7 +41,7 @@ INHERITED = (*EngineConfig.model_fields, "max_tokens", "stop", "top_p", "prompt_
              "think_start", "think_end")
 
 
-class SynthProblemsConfig(StrictModel):
+class SynthProblemsConfig(ProblemFileKeys):
     """The problems generate samples when the run has a `synthesize:` section."""
 
     seeds: Path = Field(description="The run's training problems (after any validation split).")
@@ -50,12 +50,6 @@ class SynthProblemsConfig(StrictModel):
         description="join: the seeds, then the synthetic problems; replace: synthetic only.")
     limit: int | None = Field(description="Only the first K seeds (generate's limit).")
     out: Path = Field(description="Folder for problems.jsonl.")
-    question_field: list[str]
-    answer_field: list[str]
-    id_field: str
-    question_template: str | None
-    category_field: str | None
-    answer_format: AnswerFormat
 
 
 class SeedTracesConfig(StrictModel):

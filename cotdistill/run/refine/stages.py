@@ -18,8 +18,9 @@ from cotdistill.infra.files import (
     write_manifest,
 )
 from cotdistill.infra.locking import locks_output
-from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
+from cotdistill.problems import ProblemFields, load_problems
 from cotdistill.records import Problem
+from cotdistill.run.config import ProblemFileKeys
 
 if TYPE_CHECKING:
     pass
@@ -63,15 +64,9 @@ def read_normalized(path: Path, categories: bool) -> list[Problem]:
                                              "category" if categories else None))
 
 
-class SplitConfig(StrictModel):
+class SplitConfig(ProblemFileKeys):
     problems: Path = Field(description="The run's training problems.")
     out: Path = Field(description="Folder for train.jsonl and validation.jsonl.")
-    question_field: list[str]
-    answer_field: list[str]
-    id_field: str
-    question_template: str | None
-    category_field: str | None
-    answer_format: AnswerFormat
     validation_fraction: float | None
     validation_size: int | None
     seed: int

@@ -14,26 +14,20 @@ from typing import Any
 
 from pydantic import Field
 
-from cotdistill.config import StrictModel
 from cotdistill.errors import InputError
 from cotdistill.infra.files import sha256_file, write_jsonl, write_manifest
-from cotdistill.problems import AnswerFormat, ProblemFields, load_problems
+from cotdistill.problems import ProblemFields, load_problems
+from cotdistill.run.config import ProblemFileKeys
 from cotdistill.run.refine.stages import problem_row
 
 PROBLEMS = "problems.jsonl"
 
 
-class RoundsProblemsConfig(StrictModel):
+class RoundsProblemsConfig(ProblemFileKeys):
     problems: Path = Field(description="The problems the run's generate samples (after any "
                            "validation split; seeds and synthetic problems with synthesize).")
     out: Path = Field(description="Folder for problems.jsonl.")
     limit: int | None = Field(description="Only the first K problems (generate's limit).")
-    question_field: list[str]
-    answer_field: list[str]
-    id_field: str
-    question_template: str | None
-    category_field: str | None
-    answer_format: AnswerFormat
 
 
 def run_rounds_problems(config: RoundsProblemsConfig) -> dict[str, Any]:
