@@ -44,27 +44,14 @@ def run(config: Path, out: Path) -> dict[str, Any]:
     seconds = time.time() - started
     if result.returncode != 0:
         raise SystemExit(f"bench_demo: {' '.join(command)} failed ({result.returncode})")
-    stages = json.loads((out / "stages.json").read_text())["stages"]
-    summary = json.loads((out / "evaluate" / "summary.json").read_text())
-    return {
-        "command": " ".join(command),
-        "wall_time_s": round(seconds, 1),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "stages": {s["stage"]: ("reused" if s["reused"] else s["seconds"]) for s in stages},
-        "engines": summary.get("engines"),
-        "models": {name: {k: m.get(k) for k in ("accuracy", "accuracy_ci", "truncated_share",
-                                                "parameters", "engine", "load_s",
-                                                "generation_s")}
-                   for name, m in summary["models"].items()},
-        "differences": summary.get("differences", []),
-        "retention": summary.get("retention", {}),
-    }
+    return {**finished(out, " ".join(command)), "wall_time_s": round(seconds, 1),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def finished(out: Path, how: str) -> dict[str, Any]:
-    """A run already done in `out` (e.g. by `time make demo` on an idle machine): its seconds
-    from stages.json, its figures from the evaluation."""
+    """A run done in `out` (by `run` above, or by `time make demo` on an idle machine): its
+    seconds from stages.json, its figures from the evaluation."""
     record = json.loads((out / "stages.json").read_text())
     summary = json.loads((out / "evaluate" / "summary.json").read_text())
     return {
