@@ -172,12 +172,14 @@ def sample_until_correct(
     markers: Markers = DEFAULT_MARKERS,
     opened: bool = False,
     on_batch: Callable[[list[Trace]], None] | None = None,
+    capture: Callable[[list[Trace], list[Any]], None] | None = None,
 ) -> Iterator[list[Trace]]:
     """Yield each batch of each wave's traces, after verifying them into `ledger`.
 
     A wave asks every open problem for min(n, what its budget has left); problems asking for
     the same count share engine calls of `config.batch_size` problems. Samples are numbered on
     from the problem's earlier ones; every trace records the run's sampling (its n too).
+    `capture(traces, completions)`: sample_traces' hook for each batch (top-k capture).
     """
     record = sampling_record(config, config.seed)
     while True:
@@ -190,7 +192,7 @@ def sample_until_correct(
             for traces in sample_traces(
                 group, template, backend, config.model_copy(update={"n": need}), teacher,
                 config.batch_size, config.seed, progress=progress, markers=markers,
-                opened=opened, offsets=offsets, record=record,
+                opened=opened, offsets=offsets, record=record, on_batch=capture,
             ):
                 ledger.add(traces, verified_correct(traces, markers, opened))
                 if on_batch is not None:

@@ -115,9 +115,6 @@ def check_adaptive(config: GenerateConfig) -> None:
     if config.temperature == 0:
         raise InputError("--until-correct needs temperature > 0 (greedy waves repeat the same "
                          "sample)", field="temperature")
-    if config.topk_logprobs:
-        raise InputError("--until-correct does not capture top-k logprobs yet; drop one of "
-                         "them", field="topk_logprobs")
 
 
 def select_problems(problems: list[Problem], config: GenerateConfig) -> list[Problem]:

@@ -130,7 +130,8 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
             if ledger is not None:
                 batches = sample_until_correct(
                     todo, template, backend, config, teacher, ledger, progress=bar.update,
-                    markers=markers, opened=opened)
+                    markers=markers, opened=opened,
+                    capture=topk_writer.write_batch if topk_writer else None)
             else:
                 batches = sample_traces(
                     todo, template, backend, config, teacher, config.batch_size, config.seed,

@@ -78,6 +78,17 @@ def test_rows_of_traces_cut_away_on_resume_are_dropped_and_regenerated(
     assert not (out / "topk" / "shard-000099.ids.npy").exists()
 
 
+def test_until_correct_captures_a_row_for_every_wave(tiny_model: Path, tmp_path: Path) -> None:
+    problems = make_problems(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "out"
+    config = GenerateConfig(problems=problems, out=out, n=1, temperature=0.7, until_correct=2,
+                            max_samples=4, topk_logprobs=K, teacher=str(tiny_model))
+    run_generate(config, backend=TopkFakeBackend())
+    # One sample per wave: the rows of the second and later waves were captured too.
+    assert max(row["sample_index"] for row in read_traces(out)) >= 1
+    assert check_store_matches_traces(out) == len(read_traces(out)) >= 8
+
+
 def test_refusals_before_any_engine(tiny_model: Path, tmp_path: Path) -> None:
     problems = make_problems(tmp_path / "p.jsonl", 3)
     plain = GenerateConfig(problems=problems, out=tmp_path / "plain", n=1,

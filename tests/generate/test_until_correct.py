@@ -192,7 +192,6 @@ def test_shards_each_sample_until_correct_and_the_merge_sums_their_costs(tmp_pat
         ({"until_correct": 1, "max_samples": 3, "n": 4}, "max_samples", "max_samples 3 < n 4"),
         ({"until_correct": 1, "max_samples": 3, "n": 1, "temperature": 0.0}, "temperature",
          "temperature > 0"),
-        ({"until_correct": 1, "max_samples": 3, "topk_logprobs": 5}, "topk_logprobs", "top-k"),
     ],
 )
 def test_flags_that_do_not_fit_together_are_refused_before_any_work(
