@@ -195,6 +195,8 @@ def _exact_row(candidate: Candidate) -> dict[str, Any]:
 
 def _finish(config: SynthesizeConfig, out: Path, made: list[Candidate], teacher: str,
             started: float, novelty: Novelty) -> dict[str, Any]:
+    for name in (PROBLEMS, REJECTED, TRACES):  # written even when empty: later stages read them
+        (out / name).touch()
     kept, set_aside, _ = recover(out, (PROBLEMS, REJECTED, TRACES, WRITTEN_FILE))
     reasons = Counter(_reason_kind(r["reason"]) for r in set_aside.values())
     voted = [r for r in kept.values() if r.get("vote_passes") is not None]

@@ -94,6 +94,26 @@ def test_labels_reasons_traces_and_manifest(config: SynthesizeConfig) -> None:
     assert manifest["near_duplicate_threshold"] == 0.3
 
 
+def test_nothing_kept_still_writes_empty_files_a_run_reads(tmp_path: Path) -> None:
+    """Every variant a copy of an evaluation problem: problems.jsonl and traces.jsonl exist,
+    empty (a run's synth_problems step hashes and joins them)."""
+    from cotdistill.run.plan_synthesize import SynthProblemsConfig, run_synth_problems
+
+    seeds = write(tmp_path / "seeds.jsonl", [SEEDS[3]])
+    config = SynthesizeConfig(problems=seeds, out=tmp_path / "synth", count=2, n=2,
+                              min_votes=2, prompt_template="plain",
+                              decontaminate=[write(tmp_path / "eval.jsonl", EVAL)])
+    manifest = run_synthesize(config, backend=FakeBackend(responder=responder))
+    out = Path(config.out)
+    assert manifest["counts"]["kept"] == 0 and manifest["counts"]["rejected"] == 2
+    assert (out / "problems.jsonl").read_text() == (out / "traces.jsonl").read_text() == ""
+    joined = SynthProblemsConfig(
+        seeds=seeds, synthetic=out / "problems.jsonl", mode="join", limit=None,
+        out=tmp_path / "joined", question_field=["question"], answer_field=["answer"],
+        id_field="id", question_template=None, category_field=None, answer_format="auto")
+    assert run_synth_problems(joined)["counts"] == {"seeds": 1, "synthetic": 0, "problems": 1}
+
+
 def test_resume_after_a_kill_redoes_only_what_is_missing(config: SynthesizeConfig) -> None:
     run_synthesize(config, backend=FakeBackend(responder=responder))
     out = Path(config.out)
