@@ -40,6 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_demo import run as run_config  # noqa: E402  (the bench beside this one)
+from bench_demo import spread_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -250,10 +251,7 @@ def drop_models(out: Path) -> None:
 
 
 def spread(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    values = [p["difference"]["value"] for p in pairs if "difference" in p]
-    return {"values": values, "mean": statistics.fmean(values) if values else None,
-            "min": min(values, default=None), "max": max(values, default=None),
-            "stdev": statistics.stdev(values) if len(values) > 1 else None}
+    return spread_of([p["difference"]["value"] for p in pairs if "difference" in p])
 
 
 def run_task(task: str, seeds: int, stop_at: datetime | None, smoke: bool,

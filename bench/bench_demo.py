@@ -120,12 +120,17 @@ def seed_table(seeds: dict[int, dict[str, Any]], student: str, control: str) -> 
     return lines
 
 
-def spread(seeds: dict[int, dict[str, Any]], model: str, versus: str) -> dict[str, Any]:
-    values = [d["value"] for f in seeds.values()
-              if (d := difference(f, model, versus)) is not None and d["value"] is not None]
+def spread_of(values: list[float]) -> dict[str, Any]:
+    """One difference over training seeds: its values, range, mean and standard deviation."""
     return {"values": values, "min": min(values, default=None), "max": max(values, default=None),
             "mean": statistics.fmean(values) if values else None,
             "stdev": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def spread(seeds: dict[int, dict[str, Any]], model: str, versus: str) -> dict[str, Any]:
+    return spread_of([d["value"] for f in seeds.values()
+                      if (d := difference(f, model, versus)) is not None
+                      and d["value"] is not None])
 
 
 def main() -> int:
