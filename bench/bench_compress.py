@@ -14,12 +14,16 @@ teacher, with the paired difference to it. x: CPU minutes of generation + filter
 + training up to that checkpoint (the process tree's CPU time sampled when it appeared).
 
     .venv/bin/python bench/bench_compress.py --config bench/compress_demo.yaml \
-        --steps 4 8 16 --val-limit 40
+        --steps 4 8 16 --val-limit 40 --remarks bench/compress_demo_remarks.md
+    .venv/bin/python bench/bench_compress.py --config bench/compress_demo.yaml \
+        --out runs/bench_compress/demo90 --reuse-data runs/bench_compress/demo \
+        --students width-sft width-topk --steps 50 100 150 200 250 300 --budget-min 90 \
+        --name compress_90 --remarks bench/compress_90_remarks.md   # the 90-CPU-minute points
     .venv/bin/python bench/bench_compress.py --config bench/compress_smoke.yaml \
         --out runs/bench_compress/smoke --val-size 10 --steps 1 --no-results  # catches errors
 
 Reruns reuse every finished stage recorded in OUT/state.json. Writes bench/results/
-compress.md, compress.json and compress.png.
+NAME.md, NAME.json and NAME.png (`--name`, default compress).
 """
 
 from __future__ import annotations
@@ -236,14 +240,33 @@ def fit_budget(points: list[tuple[float, float]], target: float) -> dict[str, An
             "minutes_to_target": round(minutes, 1) if minutes is not None else None}
 
 
-def student_stages(stages: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{student: {"start": its prune/init stage, "train": its train stage}}."""
+def student_stages(stages: list[dict[str, Any]],
+                   only: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """{student: {"start": its prune/init stage, "train": its train stage}}, the students
+    named in `only` (all when None)."""
     students: dict[str, dict[str, dict[str, Any]]] = {}
     for stage in stages:
         if ": " in stage["stage"]:
             name, step = stage["stage"].split(": ")
             students.setdefault(name, {})["train" if step == "train" else "start"] = stage
-    return students
+    unknown = set(only or []) - set(students)
+    if unknown:
+        raise SystemExit(f"bench_compress: --students {sorted(unknown)} not in the config "
+                         f"(it has {list(students)})")
+    return {n: s for n, s in students.items() if only is None or n in only}
+
+
+def reuse_data(earlier: Path, stages: list[dict[str, Any]], state: State) -> None:
+    """Generation and filter of an earlier run of this bench (same config) copied in, with
+    their measured costs: the students of this run train on the same kept traces."""
+    earlier_state = json.loads((earlier / "state.json").read_text())
+    for stage in stages:
+        if stage["kind"] in ("generate", "filter") and stage["kind"] not in state.data:
+            out = Path(stage["config"]["out"])
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(earlier / out.name, out)
+            state.put(stage["kind"], {**earlier_state[stage["kind"]],
+                                      "copied_from": str(earlier / out.name)})
 
 
 def build(args: argparse.Namespace, state: State) -> dict[str, Any]:
@@ -251,12 +274,14 @@ def build(args: argparse.Namespace, state: State) -> dict[str, Any]:
     stages = plan(args.config, args.out)
     kinds = {s["kind"]: s for s in stages}
     configs = args.out / "configs"
+    if args.reuse_data:
+        reuse_data(args.reuse_data.resolve(), stages, state)
     for kind in ("generate", "filter"):
         if kind not in state.data:
             state.put(kind, stage_run(kinds[kind], {}, configs))
     kept = state.put("kept", kept_count(Path(kinds["filter"]["config"]["out"])))
     built: dict[str, dict[str, Any]] = {}
-    for name, pair in student_stages(stages).items():
+    for name, pair in student_stages(stages, args.students).items():
         key = f"student:{name}"
         if key in state.data:
             built[name] = pair["start"]
@@ -297,7 +322,7 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
     """Every checkpoint on validation; each student's best once on the held-out problems."""
     eval_stage = built["evaluate"]
     teacher = dict(m.split("=", 1) for m in eval_stage["config"]["model"][:1])
-    names = list(student_stages(built["stages"]))
+    names = list(student_stages(built["stages"], args.students))
     # Recorded once: the checkpoint folders may be deleted after scoring (disk).
     points = state.data.get("points") or {n: checkpoint_points(state, n) for n in names}
     if "validation" not in state.data:
@@ -307,7 +332,8 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
         state.put("validation", {"cost": cost, "accuracy": {
             m: summary["models"][m]["accuracy"] for m in models}})
     val = state.data["validation"]["accuracy"]
-    chosen = {n: max(points[n], key=lambda label: (val[label], -points[n][label]["step"]))
+    chosen = {n: max(within(points[n], args.budget_min),
+                     key=lambda label: (val[label], -points[n][label]["step"]))
               for n in names}
     if "heldout" not in state.data:
         models = {**teacher, **{n: points[n][chosen[n]]["path"] for n in names}}
@@ -319,6 +345,15 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
             for m in models}, "differences": summary["differences"]})
     state.put("points", points)
     state.put("chosen", chosen)
+
+
+def within(points: dict[str, dict[str, Any]], budget_min: float | None) -> list[str]:
+    """The checkpoints whose total CPU minutes are within the budget (all without one; the
+    cheapest when none is)."""
+    if budget_min is None:
+        return list(points)
+    inside = [label for label, p in points.items() if p["cpu_s"] / 60 <= budget_min]
+    return inside or [min(points, key=lambda label: points[label]["cpu_s"])]
 
 
 def summarize(state: State) -> dict[str, Any]:
@@ -410,7 +445,7 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("total CPU minutes, log scale (generation + filter + prune/init + training;\n"
                   "user+sys of all processes); dotted: fit of validation accuracy on log CPU")
     ax.set_ylabel("accuracy (greedy)")
-    ax.set_title("0.5x students of SmolLM2-135M on the demo's word problems")
+    ax.set_title(f"0.5x students of the teacher on {figures['run']['heldout']}")
     ax.set_xscale("log")
     ax.set_xticks([10, 15, 20, 30, 45, 60, 90, 120])
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -429,9 +464,9 @@ def markdown(figures: dict[str, Any], command: str) -> str:
     teacher, gen = figures["teacher"], figures["generate"]
     lines = [
         "# One size point: 0.5x students, width vs depth, SFT vs offline top-k KD",
-        "", f"`{command}` on {os.cpu_count()} CPUs ({platform.platform()}), shared with "
-        "other benches throughout (load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; times are CPU time, not wall).",
+        "", f"`{command}` on {os.cpu_count()} CPUs ({platform.platform()}); load average "
+        f"at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}; times are CPU time, "
+        "not wall.",
         "",
         f"Kept traces: {figures['kept']} (generation {gen['cpu_s'] / 60:.1f} CPU min, "
         f"peak RSS {gen['peak_rss_gib']} GiB; filter {figures['filter']['cpu_s'] / 60:.1f} "
@@ -469,7 +504,7 @@ def markdown(figures: dict[str, Any], command: str) -> str:
         lines.append(f"| {name} | {e['slope_per_doubling']} | "
                      f"{e['minutes_to_target'] if e['minutes_to_target'] else 'no estimate'} |")
     lines += ["", "Training CE on the kept traces at the logged steps (SFT: its loss; KD: the "
-              "CE term), the held-out share of answers cut at 128 tokens, and a lower bound "
+              "CE term), the held-out share of answers cut at max_tokens, and a lower bound "
               "on the CPU minutes of the one setting measured to lift the 10-layer cut off "
               "zero (docs/results.md: 800 clean templated examples, 2 epochs of batch 8 = 200 "
               "steps -> 0.21 [0.14, 0.29]; still below 0.9 x the teacher): 800 kept traces at "
@@ -481,9 +516,21 @@ def markdown(figures: dict[str, Any], command: str) -> str:
         trend = ", ".join(f"{k}: {v}" for k, v in r["train_ce"].items())
         lines.append(f"| {name} | {trend} | {r['truncated_heldout']} | "
                      f"{r['cpu_min_800_traces_200_steps']} |")
+    run = figures["run"]
     lines += ["", *closest(figures), "", *NOTES.format(
         validation=figures["validation_cost"]["cpu_s"] / 60,
-        heldout=figures["heldout_cost"]["cpu_s"] / 60).splitlines()]
+        heldout=figures["heldout_cost"]["cpu_s"] / 60, val_size=run["val_size"],
+        seed=run["seed"], source=run["source"], generate=run["generate"],
+        heldout_file=run["heldout"], heldout_limit=run["heldout_limit"],
+        heldout_tokens=run["heldout_tokens"], steps=", ".join(map(str, run["steps"])),
+        max_steps=max(run["steps"]),
+        val_scored=f"its first {run['val_limit']}" if run["val_limit"] else "all of them",
+        budget=(f"The chosen checkpoint is the best on validation among those within "
+                f"{run['budget_min']:g} total CPU minutes." if run["budget_min"] else
+                "The chosen checkpoint is the best on validation (ties: the earlier).")
+    ).splitlines()]
+    if run["remarks"]:
+        lines += ["", *Path(run["remarks"]).read_text().rstrip().splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -511,35 +558,26 @@ def closest(figures: dict[str, Any]) -> list[str]:
 
 NOTES = """## How this was run
 
-- Validation: 80 problems drawn (seed 0) from data/word_problems/train.jsonl before anything
-  else (the checkpoints were scored on its first 40, to fit the time); generate samples the
-  first 360 of the other 520 (`--until-correct 2 --max-samples 6`,
-  waves of 4, T 0.7, 128 tokens, top-20 logprobs stored); the filter keeps verified-correct,
-  finished, near-deduplicated traces and decontaminates against the validation and held-out
-  problems. Held-out: the demo's first 100 of data/word_problems/test.jsonl, greedy, 128 tokens.
+- Validation: {val_size} problems drawn (seed {seed}) from {source} before anything else
+  (the checkpoints were scored on {val_scored}); generate samples the training problems left
+  as the config's `generate:` says ({generate}); the filter keeps verified-correct, finished,
+  near-deduplicated traces and decontaminates against the validation and held-out problems.
+  Held-out: the first {heldout_limit} of {heldout_file}, greedy, {heldout_tokens} tokens.
 - Students: the width prune is `cotdistill student prune --target-params 0.5` (MLP and hidden
   channels ranked by activations on the kept traces, widths multiples of 64); the depth cut is
-  `student init --keep-every 3` (10 of 30 layers); the KD student's start is a copy of the
-  SFT student's (same config), its measured cost counted in both. All four: full fine-tune,
-  lr 1e-4 with linear decay to the last checkpoint's step, batch 8, seed 0, regional
-  torch.compile; KD students:
-  `kd: offline-topk`, T 1, alpha 0.5 (bench/kd_demo.yaml's setting on the same cut; no
-  settings search was affordable: only the checkpoint is chosen on validation). A checkpoint
-  mid-run is not the same as a shorter run (its learning rate has not decayed to zero).
-- Training is short (the epochs column: a fraction of one pass over the kept traces): the 2
-  cores were shared with two other benches' trainings and engines (load average 6 to 11 while
-  this ran, a compiled training step 20-30 s wall), and the whole bench had to finish in about
-  95 wall minutes; generation (adaptive sampling) took 17 of them.
+  `student init --keep-every 3` (10 of 30 layers); a student whose start has the same config as
+  an earlier one's gets a copy, its measured cost counted in both. Each trains (full
+  fine-tune, the config's `train:`) to {max_steps} steps with the learning rate decaying to
+  0 there; checkpoints at steps {steps}. A checkpoint mid-run is not the same as a shorter run
+  (its learning rate has not decayed to zero). {budget}
 - Not counted in x: scoring the checkpoints on validation ({validation:.1f} CPU min for all of
   them and the teacher) and the held-out evaluation ({heldout:.1f} CPU min).
-- On-policy distillation was not run: bench/results/onpolicy.md measured 14.9 s per step of
-  4 prompts for the vLLM path on the same 10-layer cut (GKD: 110 s), a 54 s start and 5.8 GiB
-  peak RSS, on top of the SFT it starts from; at this budget that is a few dozen steps of 4
-  rollouts, where offline top-k KD reads the teacher's top-20 stored while generating (its
-  training CPU per step beside SFT's: the table's last column). Offline top-k KD is the KD
-  arm taken.
-- The GSM8K repeat was not run: the demo task alone used the whole wall-time budget.
 """
+
+
+def relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main() -> int:
@@ -555,6 +593,19 @@ def main() -> int:
                         "runs to the largest.")
     parser.add_argument("--val-limit", type=int, default=None,
                         help="Score the checkpoints on the first N validation problems only.")
+    parser.add_argument("--students", nargs="+", default=None,
+                        help="Build and score only these of the config's students.")
+    parser.add_argument("--reuse-data", type=Path, default=None, metavar="EARLIER_OUT",
+                        help="Copy generation and filter (and their measured cost) from an "
+                        "earlier run of this bench with the same config.")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="Choose each student's checkpoint among those within this many "
+                        "total CPU minutes.")
+    parser.add_argument("--name", default="compress",
+                        help="Results file stem under bench/results (NAME.md/.json/.png).")
+    parser.add_argument("--remarks", type=Path, default=None,
+                        help="A markdown file appended to the report (what this run's "
+                        "figures need said).")
     parser.add_argument("--no-results", action="store_true",
                         help="Leave bench/results alone (a smoke run).")
     args = parser.parse_args()
@@ -568,14 +619,22 @@ def main() -> int:
     built = build(args, state)
     score(args, state, built)
     figures = summarize(state)
+    figures["run"] = {"val_size": args.val_size, "seed": args.seed, "steps": sorted(args.steps),
+                      "val_limit": args.val_limit, "budget_min": args.budget_min,
+                      "students": args.students, "source": relative(args.source),
+                      "generate": ", ".join(f"{k} {v}" for k, v in config["generate"].items()),
+                      "heldout": config["eval_problems"],
+                      "heldout_limit": config["evaluate"]["limit"],
+                      "heldout_tokens": config["evaluate"]["max_tokens"],
+                      "remarks": str(args.remarks) if args.remarks else None}
     command = "python bench/bench_compress.py " + " ".join(sys.argv[1:])
     target = RESULTS if not args.no_results else args.out
     target.mkdir(parents=True, exist_ok=True)
-    (target / "compress.json").write_text(json.dumps(
+    (target / f"{args.name}.json").write_text(json.dumps(
         {"command": command, "cpus": os.cpu_count(), **figures}, indent=2) + "\n")
-    (target / "compress.md").write_text(markdown(figures, command))
-    plot(figures, target / "compress.png")
-    print(f"bench_compress: -> {target / 'compress.md'}")
+    (target / f"{args.name}.md").write_text(markdown(figures, command))
+    plot(figures, target / f"{args.name}.png")
+    print(f"bench_compress: -> {target / args.name}.md")
     return 0
 
 
