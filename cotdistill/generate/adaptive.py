@@ -171,15 +171,14 @@ def sample_until_correct(
     progress: Progress | None = None,
     markers: Markers = DEFAULT_MARKERS,
     opened: bool = False,
-    on_batch: Callable[[list[Trace]], None] | None = None,
-    capture: Callable[[list[Trace], list[Any]], None] | None = None,
+    on_completions: Callable[[list[Trace], list[Any]], None] | None = None,
 ) -> Iterator[list[Trace]]:
     """Yield each batch of each wave's traces, after verifying them into `ledger`.
 
     A wave asks every open problem for min(n, what its budget has left); problems asking for
     the same count share engine calls of `config.batch_size` problems. Samples are numbered on
     from the problem's earlier ones; every trace records the run's sampling (its n too).
-    `capture(traces, completions)`: sample_traces' hook for each batch (top-k capture).
+    `on_completions(traces, completions)` sees each batch's engine output (top-k capture).
     """
     record = sampling_record(config, config.seed)
     while True:
@@ -192,9 +191,7 @@ def sample_until_correct(
             for traces in sample_traces(
                 group, template, backend, config.model_copy(update={"n": need}), teacher,
                 config.batch_size, config.seed, progress=progress, markers=markers,
-                opened=opened, offsets=offsets, record=record, on_batch=capture,
+                opened=opened, offsets=offsets, record=record, on_completions=on_completions,
             ):
                 ledger.add(traces, verified_correct(traces, markers, opened))
-                if on_batch is not None:
-                    on_batch(traces)
                 yield traces

@@ -81,7 +81,7 @@ def sample_traces(
     progress: Progress | None = None,
     markers: Markers = DEFAULT_MARKERS,
     opened: bool = False,
-    on_batch: Callable[[list[Trace], list[Completion]], None] | None = None,
+    on_completions: Callable[[list[Trace], list[Completion]], None] | None = None,
     offsets: Mapping[str, int] | None = None,
     record: Sampling | None = None,
 ) -> Iterator[list[Trace]]:
@@ -89,7 +89,8 @@ def sample_traces(
 
     `progress(k)` is called as samples finish inside a batch, for a live progress bar.
     `markers` / `opened`: how a reasoning teacher's thinking is delimited (see make_trace).
-    `on_batch(traces, completions)` sees each batch before it is yielded (top-k capture).
+    `on_completions(traces, completions)` sees each batch's engine output before the batch
+    is yielded (top-k capture).
     `offsets`: a problem's first sample index (a later wave of `--until-correct` numbers its
     samples on from the ones before); `record`: the sampling written on each trace (the run's,
     when a wave asks for fewer than its n).
@@ -113,6 +114,6 @@ def sample_traces(
                 make_trace(problem, i, c, messages, teacher, template, record, markers, opened)
                 for i, c in enumerate(completions, start=offsets.get(problem.id, 0))
             )
-        if on_batch is not None:
-            on_batch(traces, [c for completions in results for c in completions])
+        if on_completions is not None:
+            on_completions(traces, [c for completions in results for c in completions])
         yield traces

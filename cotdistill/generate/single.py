@@ -131,12 +131,12 @@ def run_single(config: GenerateConfig, backend: Backend | None = None) -> dict[s
                 batches = sample_until_correct(
                     todo, template, backend, config, teacher, ledger, progress=bar.update,
                     markers=markers, opened=opened,
-                    capture=topk_writer.write_batch if topk_writer else None)
+                    on_completions=topk_writer.write_batch if topk_writer else None)
             else:
                 batches = sample_traces(
                     todo, template, backend, config, teacher, config.batch_size, config.seed,
                     progress=bar.update, markers=markers, opened=opened,
-                    on_batch=topk_writer.write_batch if topk_writer else None)
+                    on_completions=topk_writer.write_batch if topk_writer else None)
             for traces in batches:
                 append_durably(fh, (dump_line(t) for t in traces))
                 gen_seconds += time.time() - tick
