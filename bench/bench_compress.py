@@ -323,10 +323,11 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
     eval_stage = built["evaluate"]
     teacher = dict(m.split("=", 1) for m in eval_stage["config"]["model"][:1])
     names = list(student_stages(built["stages"], args.students))
-    # Recorded once: the checkpoint folders may be deleted after scoring (disk).
-    points = state.data.get("points") or {n: checkpoint_points(state, n) for n in names}
-    if "validation" not in state.data:
-        models = {**teacher, **{label: p["path"] for n in names for label, p in points[n].items()}}
+    # Recorded once per student: the checkpoint folders may be deleted after scoring (disk).
+    points = state.data.get("points") or {}
+    points.update({n: checkpoint_points(state, n) for n in names if n not in points})
+    models = {**teacher, **{label: p["path"] for n in names for label, p in points[n].items()}}
+    if not set(models) <= set(state.data.get("validation", {}).get("accuracy", {})):
         cost, summary = evaluate(eval_stage, models, args.val, args.val_limit,
                                  args.out / "validation")
         state.put("validation", {"cost": cost, "accuracy": {
@@ -335,11 +336,13 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
     chosen = {n: max(within(points[n], args.budget_min),
                      key=lambda label: (val[label], -points[n][label]["step"]))
               for n in names}
-    if "heldout" not in state.data:
+    held = state.data.get("heldout", {})
+    if not set(names) <= set(held.get("models", {})) \
+            or held.get("chosen", chosen) != chosen:  # another student or checkpoint
         models = {**teacher, **{n: points[n][chosen[n]]["path"] for n in names}}
         cost, summary = evaluate(eval_stage, models, Path(eval_stage["config"]["problems"]),
                                  eval_stage["config"]["limit"], args.out / "heldout")
-        state.put("heldout", {"cost": cost, "models": {
+        state.put("heldout", {"cost": cost, "chosen": chosen, "models": {
             m: {k: summary["models"][m].get(k)
                 for k in ("accuracy", "accuracy_ci", "parameters", "truncated_share")}
             for m in models}, "differences": summary["differences"]})
