@@ -4,7 +4,9 @@ training seeds 0, 1, 2, paired accuracy differences on the held-out problems.
 
     .venv/bin/python bench/bench_data.py --tasks demo gsm8k --seeds 3 --stop-at 15:22
     .venv/bin/python bench/bench_data.py --tasks demo gsm8k --seeds 3 --stop-at 15:30 --resume
-    # (the results in bench/results/data.md: the first ran seeds 0-1, the second seed 2)
+    .venv/bin/python bench/bench_data.py --tasks gsm8k --seeds 3 --resume
+    # (the results in bench/results/data.md: demo seeds 0-1 by the first, 2 by the second;
+    # GSM8K seed 0 by the second, seeds 1-2 by the third)
 
 Per task two run configs, bench/data_<task>_a.yaml (arm A: seeds alone) and
 bench/data_<task>_b.yaml (arm B: the same plus `synthesize:` and `rounds:`), each run by
@@ -19,7 +21,8 @@ GSM8K problems with exactly one `<<...>>` annotation, with ids). A seed pair not
 Writes bench/results/data.md, data.json and data.png: per task and seed the examples each
 final student trained on, accuracy A and B, B - A with a 95% paired bootstrap interval over
 problems (evaluate's `paired_differences` on the two runs' results), the spread over seeds,
-the yield per arm and round (the filters' report.json), and wall and CPU seconds per run.
+the yield per arm and round (the filters' report.json), and wall and CPU seconds per run,
+then bench/data_remarks.md (notes on the figures, written by hand).
 """
 
 from __future__ import annotations
@@ -390,10 +393,13 @@ def write(figures: dict[str, Any]) -> None:
              *DESIGN, ""]
     for task, entry in figures["tasks"].items():
         lines += task_lines(task, entry)
+    if REMARKS.is_file() and not figures["smoke"]:  # what the figures need said, by hand
+        lines += [REMARKS.read_text().rstrip("\n"), ""]
     (where / f"{name}.md").write_text("\n".join(lines))
     plot(figures, where / f"{name}.png")
 
 
+REMARKS = ROOT / "bench" / "data_remarks.md"
 DESIGN = [
     "Design: arm A = seeds alone (bench/data_<task>_a.yaml); arm B = the same plus "
     "`synthesize` (numbers, one variant per seed, join, decontaminated against the "
