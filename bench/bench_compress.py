@@ -516,7 +516,7 @@ def markdown(figures: dict[str, Any], command: str) -> str:
               "| student | CE by step | truncated (held-out) | CPU min, 800 traces + 200 steps |",
               "|---|---|---:|---:|"]
     for name, r in figures["rows"].items():
-        trend = ", ".join(f"{k}: {v}" for k, v in r["train_ce"].items())
+        trend = ", ".join(f"{k}: {v}" for k, v in thinned(r["train_ce"]).items())
         lines.append(f"| {name} | {trend} | {r['truncated_heldout']} | "
                      f"{r['cpu_min_800_traces_200_steps']} |")
     run = figures["run"]
@@ -535,6 +535,16 @@ def markdown(figures: dict[str, Any], command: str) -> str:
     if run["remarks"]:
         lines += ["", *Path(run["remarks"]).read_text().rstrip().splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def thinned(trend: dict[Any, float], most: int = 10) -> dict[Any, float]:
+    """At most `most` of the logged steps, evenly spaced, the first and the last kept (the
+    JSON has them all)."""
+    keys = list(trend)
+    if len(keys) <= most:
+        return trend
+    picks = sorted({round(i * (len(keys) - 1) / (most - 1)) for i in range(most)})
+    return {keys[i]: trend[keys[i]] for i in picks}
 
 
 def closest(figures: dict[str, Any]) -> list[str]:
