@@ -207,8 +207,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def vllm_server(model: Path, log: Path, *extra: str, timeout: float = 240) -> Iterator[str]:
-    """A ready vLLM server for the duration of the block; yields its base URL."""
+def vllm_server(model: Path, log: Path, *extra: str, timeout: float = 600) -> Iterator[str]:
+    """A ready vLLM server for the duration of the block; yields its base URL. The deadline
+    only guards against a hang: on 2 loaded cores one took over 240 s to start."""
     proc, url = start_vllm(model, log, *extra)
     try:
         wait_ready(proc, url, log, time.monotonic() + timeout)
