@@ -45,6 +45,9 @@ def _teacher_spec(config: PipelineConfig, source: Any, ask_server: bool = True) 
     return OpenAIBackend(None, engine).model
 
 
+TEACHER_KD = ("online", "on-policy", "on-policy-vllm")  # train `kd:` modes that load a teacher
+
+
 def _topk_source(train: dict[str, Any], generate: Any, gen_dir: Path, section: str,
                  source: Any) -> dict[str, Any]:
     """`kd: offline-topk` reads the teacher's top-k logprobs this run's generate stored."""
@@ -179,6 +182,10 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         owned(student.train, ("data", "student", "out"), f"{section}.train")
         model_dir = folder / "model"
         train_keys, chain_dep = _chain_teacher(student.train, models, names, section, source)
+        if train_keys.get("kd") in TEACHER_KD and not train_keys.get("teacher") \
+                and not train_keys.get("teachers"):  # the run's teacher scores the student
+            train_keys["teacher"] = teacher_model or "embedded"
+            chain_dep += teacher_dep
         train = section_of(
             TrainConfig,
             {**_topk_source(train_keys, generate, gen_dir, f"{section}.train", source),

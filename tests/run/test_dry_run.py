@@ -62,3 +62,26 @@ def test_dry_run_prints_every_stage_with_its_resolved_config_and_writes_nothing(
         assert str(test) in row["config"]["decontaminate"], row["stage"]
     assert _files(tmp_path) == before  # no folder, lock or log file
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("teacher", [None, "fake-teacher"])
+def test_a_student_whose_kd_needs_a_teacher_gets_the_runs_teacher(
+        tmp_path: Path, teacher: str | None) -> None:
+    """`kd: online` or on-policy in a student's `train:` without its own teacher used to plan a
+    train stage with none, which failed only after generation; the run's teacher (the embedded
+    one when unset) fills in, and a student's own teacher or SFT student is left as it is."""
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    _write_rows(train, [{"id": "p0", "question": "q", "answer": "1"}])
+    _write_rows(test, [{"id": "e0", "question": "q", "answer": "1"}])
+    students = [{"name": "sft", "train": {}},
+                {"name": "online", "train": {"kd": "online"}},
+                {"name": "gkd", "train": {"kd": "on-policy"}},
+                {"name": "vllm", "train": {"kd": "on-policy-vllm", "kd_sft_mix": 0.5}},
+                {"name": "own", "train": {"kd": "online", "teacher": "other-teacher"}}]
+    steps = plan(PipelineConfig.model_validate(
+        {"out": str(tmp_path / "run"), "teacher": teacher, "problems": str(train),
+         "eval_problems": str(test), "students": students}), ask_server=False).steps
+    teachers = {s.name.split(":")[0]: s.config.teacher for s in steps if s.kind == "train"}
+    run_teacher = teacher or "embedded"
+    assert teachers == {"sft": None, "online": run_teacher, "gkd": run_teacher,
+                        "vllm": run_teacher, "own": "other-teacher"}
