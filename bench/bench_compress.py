@@ -52,6 +52,11 @@ COMMANDS = {"generate": ["generate"], "filter": ["filter"], "train": ["train"],
             "evaluate": ["evaluate"]}
 
 
+RECOVERY = {None: "SFT", "offline-topk": "offline top-20 KD", "online": "online KD",
+            "on-policy": "on-policy KD (TRL GKD)",
+            "on-policy-vllm": "on-policy KD (vLLM rollouts, SFT mix)"}
+
+
 class State:
     """Finished stages' measurements, saved after each so a rerun skips them."""
 
@@ -319,35 +324,74 @@ def checkpoint_points(state: State, name: str) -> dict[str, dict[str, Any]]:
 
 
 def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None:
-    """Every checkpoint on validation; each student's best once on the held-out problems."""
+    """Every checkpoint on validation; each student's best once on the held-out problems.
+    A rerun scores only what no earlier run of this OUT scored (a new student, or a student
+    whose chosen checkpoint changed), the teacher beside it again for the paired difference."""
     eval_stage = built["evaluate"]
     teacher = dict(m.split("=", 1) for m in eval_stage["config"]["model"][:1])
-    names = list(student_stages(built["stages"], args.students))
+    names = [key.split(":", 1)[1] for key in state.data if key.startswith("student:")]
     # Recorded once per student: the checkpoint folders may be deleted after scoring (disk).
     points = state.data.get("points") or {}
     points.update({n: checkpoint_points(state, n) for n in names if n not in points})
-    models = {**teacher, **{label: p["path"] for n in names for label, p in points[n].items()}}
-    if not set(models) <= set(state.data.get("validation", {}).get("accuracy", {})):
-        cost, summary = evaluate(eval_stage, models, args.val, args.val_limit,
-                                 args.out / "validation")
-        state.put("validation", {"cost": cost, "accuracy": {
-            m: summary["models"][m]["accuracy"] for m in models}})
-    val = state.data["validation"]["accuracy"]
-    chosen = {n: max(within(points[n], args.budget_min),
-                     key=lambda label: (val[label], -points[n][label]["step"]))
-              for n in names}
-    held = state.data.get("heldout", {})
-    if not set(names) <= set(held.get("models", {})) \
-            or held.get("chosen", chosen) != chosen:  # another student or checkpoint
-        models = {**teacher, **{n: points[n][chosen[n]]["path"] for n in names}}
-        cost, summary = evaluate(eval_stage, models, Path(eval_stage["config"]["problems"]),
-                                 eval_stage["config"]["limit"], args.out / "heldout")
-        state.put("heldout", {"cost": cost, "chosen": chosen, "models": {
-            m: {k: summary["models"][m].get(k)
-                for k in ("accuracy", "accuracy_ci", "parameters", "truncated_share")}
-            for m in models}, "differences": summary["differences"]})
     state.put("points", points)
+    val = state.data.get("validation") or {"cost": None, "accuracy": {}}
+    new = {label: p["path"] for n in names for label, p in points[n].items()
+           if label not in val["accuracy"]}
+    if new:
+        fresh = sorted({label.rsplit(".step", 1)[0] for label in new})
+        cost, summary = evaluate(eval_stage, {**teacher, **new}, args.val, args.val_limit,
+                                 scoring_folder(args.out, "validation", val["accuracy"], fresh))
+        accuracy = {m: summary["models"][m]["accuracy"] for m in [*teacher, *new]}
+        same_teacher(val["accuracy"], accuracy, "validation")
+        val = state.put("validation", {"cost": added(val["cost"], cost),
+                                       "accuracy": {**accuracy, **val["accuracy"]}})
+    chosen = {n: max(within(points[n], args.budget_min),
+                     key=lambda label: (val["accuracy"][label], -points[n][label]["step"]))
+              for n in names}
+    held = state.data.get("heldout") or {"cost": None, "chosen": {}, "models": {},
+                                         "differences": []}
+    stale = [n for n in names if n not in held["models"] or held["chosen"].get(n) != chosen[n]]
+    if stale:
+        models = {**teacher, **{n: points[n][chosen[n]]["path"] for n in stale}}
+        cost, summary = evaluate(eval_stage, models, Path(eval_stage["config"]["problems"]),
+                                 eval_stage["config"]["limit"],
+                                 scoring_folder(args.out, "heldout", held["models"], stale))
+        rows = {m: {k: summary["models"][m].get(k)
+                    for k in ("accuracy", "accuracy_ci", "parameters", "truncated_share")}
+                for m in models}
+        same_teacher({m: r["accuracy"] for m, r in held["models"].items()},
+                     {m: r["accuracy"] for m, r in rows.items()}, "held-out")
+        held = state.put("heldout", {
+            "cost": added(held["cost"], cost), "chosen": {**held["chosen"], **chosen},
+            "models": {**rows, **held["models"], **{n: rows[n] for n in stale}},
+            "differences": [d for d in held["differences"] if d["model"] not in stale]
+            + [d for d in summary["differences"] if d["model"] in stale]})
     state.put("chosen", chosen)
+
+
+def scoring_folder(out: Path, kind: str, scored: dict[str, Any], students: list[str]) -> Path:
+    """OUT/validation (or heldout) for the first scoring, a folder named after the students
+    for each later one: every run's per-problem records are kept."""
+    return out / kind if not scored else out / f"{kind}-{'-'.join(students)}"
+
+
+def same_teacher(before: dict[str, float], now: dict[str, float], split: str) -> None:
+    """Greedy scoring of the same teacher must repeat: the paired differences of a later
+    scoring are taken against the same teacher answers as the earlier ones."""
+    if "teacher" in before and before["teacher"] != now["teacher"]:
+        raise SystemExit(f"bench_compress: the teacher's {split} accuracy was "
+                         f"{before['teacher']} and is {now['teacher']} now; scorings differ, "
+                         "so students scored apart cannot be compared: score them in one run")
+
+
+def added(before: dict[str, Any] | None, cost: dict[str, Any]) -> dict[str, Any]:
+    """Two scorings' costs as one: CPU and wall summed, the larger peak, both commands."""
+    if before is None:
+        return cost
+    return {"command": f"{before['command']}; {cost['command']}",
+            "cpu_s": round(before["cpu_s"] + cost["cpu_s"], 1),
+            "peak_rss_gib": max(before["peak_rss_gib"], cost["peak_rss_gib"]),
+            "wall_s": round(before["wall_s"] + cost["wall_s"], 1), "checkpoint_cpu_s": {}}
 
 
 def within(points: dict[str, dict[str, Any]], budget_min: float | None) -> list[str]:
@@ -362,7 +406,6 @@ def within(points: dict[str, dict[str, Any]], budget_min: float | None) -> list[
 def summarize(state: State) -> dict[str, Any]:
     """The table's rows, the validation curves and the extrapolation, from the state."""
     held, val = state.data["heldout"], state.data["validation"]["accuracy"]
-    heldout_summary = json.loads((state.path.parent / "heldout" / "summary.json").read_text())
     teacher = held["models"]["teacher"]
     rows, curves = {}, {}
     for name, label in state.data["chosen"].items():
@@ -376,7 +419,7 @@ def summarize(state: State) -> dict[str, Any]:
         rows[name] = {
             "params_ratio": round(held["models"][name]["parameters"] / teacher["parameters"], 3),
             "start": "width prune" if "prune" in record["start_out"] else "depth cut",
-            "recovery": "offline top-20 KD" if record["kd"] else "SFT",
+            "recovery": RECOVERY[record["kd"]],
             "checkpoint": label, "epochs": points[label]["epochs"],
             "cpu_min": round(points[label]["cpu_s"] / 60, 2), "validation": val[label],
             "heldout": held["models"][name]["accuracy"],
@@ -388,7 +431,7 @@ def summarize(state: State) -> dict[str, Any]:
             "extrapolation": fit_budget([(c["cpu_min"], c["validation"])
                                          for c in curves[name]], target),
             "train_ce": ce_trend(Path(record["train_out"])),
-            "truncated_heldout": heldout_summary["models"][name]["truncated_share"],
+            "truncated_heldout": held["models"][name]["truncated_share"],
             "cpu_min_800_traces_200_steps": budget_bound(state, name, 800, 200)}
     return {"teacher": teacher, "teacher_validation": val["teacher"], "rows": rows,
             "curves": curves, "kept": state.data["kept"],
@@ -466,8 +509,10 @@ def interval(low: float, high: float) -> str:
 def markdown(figures: dict[str, Any], command: str) -> str:
     teacher, gen = figures["teacher"], figures["generate"]
     lines = [
-        "# One size point: 0.5x students, width vs depth, SFT vs offline top-k KD",
-        "", f"`{command}` on {os.cpu_count()} CPUs ({platform.platform()}); load average "
+        "# One size point: 0.5x students, width vs depth, SFT vs KD",
+        "", "Commands (in order; each rerun adds to the same OUT):", "",
+        *[f"- `{c}`" for c in figures["commands"]],
+        "", f"The last `{command}` on {os.cpu_count()} CPUs ({platform.platform()}); load average "
         f"at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}; times are CPU time, "
         "not wall.",
         "",
@@ -525,8 +570,10 @@ def markdown(figures: dict[str, Any], command: str) -> str:
         heldout=figures["heldout_cost"]["cpu_s"] / 60, val_size=run["val_size"],
         seed=run["seed"], source=run["source"], generate=run["generate"],
         heldout_file=run["heldout"], heldout_limit=run["heldout_limit"],
-        heldout_tokens=run["heldout_tokens"], steps=", ".join(map(str, run["steps"])),
-        max_steps=max(run["steps"]),
+        heldout_tokens=run["heldout_tokens"], schedule="; ".join(
+            f"{n} to {curve[-1]['checkpoint'].rsplit('.step', 1)[1]} steps, checkpoints at "
+            + ", ".join(c["checkpoint"].rsplit(".step", 1)[1] for c in curve)
+            for n, curve in figures["curves"].items()),
         val_scored=f"its first {run['val_limit']}" if run["val_limit"] else "all of them",
         budget=(f"The chosen checkpoint is the best on validation among those within "
                 f"{run['budget_min']:g} total CPU minutes." if run["budget_min"] else
@@ -580,8 +627,8 @@ NOTES = """## How this was run
   channels ranked by activations on the kept traces, widths multiples of 64); the depth cut is
   `student init --keep-every 3` (10 of 30 layers); a student whose start has the same config as
   an earlier one's gets a copy, its measured cost counted in both. Each trains (full
-  fine-tune, the config's `train:`) to {max_steps} steps with the learning rate decaying to
-  0 there; checkpoints at steps {steps}. A checkpoint mid-run is not the same as a shorter run
+  fine-tune, the config's `train:`) with the learning rate decaying to 0 at its last step
+  ({schedule}). A checkpoint mid-run is not the same as a shorter run
   (its learning rate has not decayed to zero). {budget}
 - Not counted in x: scoring the checkpoints on validation ({validation:.1f} CPU min for all of
   them and the teacher) and the held-out evaluation ({heldout:.1f} CPU min).
@@ -631,7 +678,11 @@ def main() -> int:
                                  args.val_size, args.seed)
     built = build(args, state)
     score(args, state, built)
+    command = "python bench/bench_compress.py " + " ".join(sys.argv[1:])
+    commands = state.data.get("commands", [])
+    state.put("commands", commands + [command] if commands[-1:] != [command] else commands)
     figures = summarize(state)
+    figures["commands"] = state.data["commands"]
     figures["run"] = {"val_size": args.val_size, "seed": args.seed, "steps": sorted(args.steps),
                       "val_limit": args.val_limit, "budget_min": args.budget_min,
                       "students": args.students, "source": relative(args.source),
@@ -640,7 +691,6 @@ def main() -> int:
                       "heldout_limit": config["evaluate"]["limit"],
                       "heldout_tokens": config["evaluate"]["max_tokens"],
                       "remarks": str(args.remarks) if args.remarks else None}
-    command = "python bench/bench_compress.py " + " ".join(sys.argv[1:])
     target = RESULTS if not args.no_results else args.out
     target.mkdir(parents=True, exist_ok=True)
     (target / f"{args.name}.json").write_text(json.dumps(
