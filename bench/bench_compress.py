@@ -1,8 +1,10 @@
-"""One honest size point (issue 22): four students at 0.5x the teacher's parameters.
+"""One honest size point (issue 22): students at 0.5x the teacher's parameters.
 
 A width-pruned and a depth-cut copy of the teacher, each recovered by SFT on the kept traces and
-by offline top-k KD from the teacher's stored top-20 logprobs, all on the same kept traces
-(`generate --until-correct` adaptive sampling over the training problems). Each stage of
+by offline top-k KD from the teacher's stored top-20 logprobs, and the width prune by on-policy
+distillation (rollouts on vLLM, the teacher's vLLM engine scoring them, CE on the kept traces
+mixed in), all on the same kept traces (`generate --until-correct` adaptive sampling over the
+training problems). Each stage of
 `cotdistill run --config CONFIG --dry-run` is run here as its own command so that its CPU time
 (user + system of the command and every descendant, orphans included: this process is their
 subreaper, `os.wait4` rusage) and peak RSS (the largest single process) are measured. A start
@@ -22,7 +24,9 @@ teacher, with the paired difference to it. x: CPU minutes of generation + filter
     .venv/bin/python bench/bench_compress.py --config bench/compress_smoke.yaml \
         --out runs/bench_compress/smoke --val-size 10 --steps 1 --no-results  # catches errors
 
-Reruns reuse every finished stage recorded in OUT/state.json. Writes bench/results/
+Reruns reuse every finished stage recorded in OUT/state.json; a rerun naming another student
+trains and scores only it (the teacher scored beside it again, which must repeat its accuracy:
+the paired differences of separate scorings are taken against the same teacher answers). Writes bench/results/
 NAME.md, NAME.json and NAME.png (`--name`, default compress).
 """
 
@@ -37,12 +41,13 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_time import measured  # noqa: E402  (bench/cpu_time.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -88,71 +93,6 @@ def plan(config: Path, out: Path) -> list[dict[str, Any]]:
     text = subprocess.run([CLI, "run", "--config", str(config), "--out", str(out), "--dry-run"],
                           cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def tree_cpu(process: psutil.Process) -> float:
-    """CPU seconds of a process, its reaped children and its live descendants."""
-    total = 0.0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants (a vLLM engine process its parent did not wait for) are
-    re-parented to this process, which reaps them and counts their CPU time."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def reap() -> tuple[int, int, Any] | None:
-    """One finished child of this process (any), or None."""
-    try:
-        pid, status, usage = os.wait4(-1, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return (pid, status, usage) if pid else None
-
-
-def measured(command: list[str], log: Path, watch: Path | None = None) -> dict[str, Any]:
-    """Run `command`; the CPU seconds of it and every descendant (orphans included: this
-    process is their subreaper), the largest single process's peak RSS, wall seconds and,
-    when `watch` is given, the tree's CPU seconds when each checkpoint-N folder appeared."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with log.open("w") as sink:
-        child = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    process, marks = psutil.Process(child.pid), {}
-    cpu, rss, status, ended = 0.0, 0, None, 0.0
-    while status is None or psutil.Process().children():
-        if status is not None and time.time() - ended > 120:
-            for orphan in psutil.Process().children():  # left running by the command
-                orphan.kill()
-        finished = reap()
-        if finished is None:
-            if watch is not None and watch.exists():
-                for folder in watch.glob("checkpoint-*"):
-                    marks.setdefault(folder.name, round(cpu + tree_cpu(process), 1))
-            time.sleep(1 if status is not None else 2)
-            continue
-        pid, code, usage = finished
-        cpu += usage.ru_utime + usage.ru_stime
-        rss = max(rss, usage.ru_maxrss)
-        if pid == child.pid:
-            status, ended = os.waitstatus_to_exitcode(code), time.time()
-    child.returncode = status
-    if status != 0:
-        raise SystemExit(f"bench_compress: {' '.join(command)} failed; see {log}")
-    return {"command": " ".join(command), "cpu_s": round(cpu, 1),
-            "peak_rss_gib": round(rss / 2**20, 2),
-            "wall_s": round(time.time() - started, 1), "checkpoint_cpu_s": marks}
 
 
 def stage_run(stage: dict[str, Any], overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -672,7 +612,6 @@ def main() -> int:
     config = yaml.safe_load(args.config.read_text())
     args.out = (args.out or ROOT / config["out"]).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    become_subreaper()
     state = State(args.out / "state.json")
     _, args.val = split_problems(args.source, ROOT / Path(config["problems"]).parent,
                                  args.val_size, args.seed)

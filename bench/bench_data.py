@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
-import resource
 import shutil
 import statistics
 import sys
@@ -141,14 +141,10 @@ def scaled(config: dict[str, Any], smoke: bool) -> dict[str, Any]:
 
 def timed_run(config: Path, out: Path) -> dict[str, Any]:
     """`cotdistill run` (bench_demo's), with the CPU seconds of the process tree."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        figures = run_config(config, out)
+        return run_config(config, out)
     except SystemExit as exc:
         return {"failed": str(exc)}
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {**figures, "cpu_s": round(cpu, 1)}
 
 
 def trained(out: Path, arm: str) -> dict[str, Any]:
@@ -388,8 +384,11 @@ def write(figures: dict[str, Any]) -> None:
     lines = [f"# Seeds alone vs seeds + synthetic + rounds ({name})", "",
              f"`{figures['command']}`, started {figures['started']} UTC"
              + (f" (report rewritten by `{figures['resumed_by']}`)" if "resumed_by" in figures
-                else "") + ", on 2 CPUs shared with other benches (load average 5 to 16: "
-             "wall and CPU seconds are skewed by them).", "",
+                else "") + f", on {os.cpu_count()} CPUs (each run's load average before and "
+             "after it: data.json). CPU s: user + system seconds of `cotdistill run` and every "
+             "process it started, orphans included (bench/cpu_time.py); rows measured before "
+             "2026-12-07 20:30 UTC counted `RUSAGE_CHILDREN`, which misses an engine process "
+             "its parent did not wait for.", "",
              *DESIGN, ""]
     for task, entry in figures["tasks"].items():
         lines += task_lines(task, entry)

@@ -22,29 +22,28 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_time import measured  # noqa: E402  (bench/cpu_time.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
 def run(config: Path, out: Path) -> dict[str, Any]:
-    """`cotdistill run` as a user runs it; its wall time, stages and evaluation summary."""
+    """`cotdistill run` as a user runs it; its wall time, CPU time (every process it started,
+    bench/cpu_time.py), stages and evaluation summary."""
     command = [str(ROOT / ".venv" / "bin" / "cotdistill"), "run", "--config", str(config),
                "--out", str(out)]
     load_before = os.getloadavg()
-    started = time.time()
-    result = subprocess.run(command, cwd=ROOT, check=False)
-    seconds = time.time() - started
-    if result.returncode != 0:
-        raise SystemExit(f"bench_demo: {' '.join(command)} failed ({result.returncode})")
-    return {**finished(out, " ".join(command)), "wall_time_s": round(seconds, 1),
+    cost = measured(command)
+    return {**finished(out, " ".join(command)), "wall_time_s": cost["wall_s"],
+            "cpu_s": cost["cpu_s"], "peak_rss_gib": cost["peak_rss_gib"],
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
