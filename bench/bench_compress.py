@@ -26,8 +26,8 @@ teacher, with the paired difference to it. x: CPU minutes of generation + filter
 
 Reruns reuse every finished stage recorded in OUT/state.json; a rerun naming another student
 trains and scores only it (the teacher scored beside it again, which must repeat its accuracy:
-the paired differences of separate scorings are taken against the same teacher answers). Writes bench/results/
-NAME.md, NAME.json and NAME.png (`--name`, default compress).
+the paired differences of separate scorings are taken against the same teacher answers).
+Writes bench/results/NAME.md, NAME.json and NAME.png (`--name`, default compress).
 """
 
 from __future__ import annotations
@@ -446,13 +446,13 @@ def interval(low: float, high: float) -> str:
     return f"[{low:+.2f}, {high:+.2f}]"
 
 
-def markdown(figures: dict[str, Any], command: str) -> str:
+def markdown(figures: dict[str, Any]) -> str:
     teacher, gen = figures["teacher"], figures["generate"]
     lines = [
         "# One size point: 0.5x students, width vs depth, SFT vs KD",
         "", "Commands (in order; each rerun adds to the same OUT):", "",
         *[f"- `{c}`" for c in figures["commands"]],
-        "", f"The last `{command}` on {os.cpu_count()} CPUs ({platform.platform()}); load average "
+        "", f"Last run on {os.cpu_count()} CPUs ({platform.platform()}); load average "
         f"at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}; times are CPU time, "
         "not wall.",
         "",
@@ -634,7 +634,7 @@ def main() -> int:
     target.mkdir(parents=True, exist_ok=True)
     (target / f"{args.name}.json").write_text(json.dumps(
         {"command": command, "cpus": os.cpu_count(), **figures}, indent=2) + "\n")
-    (target / f"{args.name}.md").write_text(markdown(figures, command))
+    (target / f"{args.name}.md").write_text(markdown(figures))
     plot(figures, target / f"{args.name}.png")
     print(f"bench_compress: -> {target / args.name}.md")
     return 0
