@@ -358,7 +358,7 @@ def summarize(state: State) -> dict[str, Any]:
         target = 0.9 * val["teacher"]
         rows[name] = {
             "params_ratio": round(held["models"][name]["parameters"] / teacher["parameters"], 3),
-            "start": "width prune" if "prune" in record["start_out"] else "depth cut",
+            "start": start_label(record["start"]),
             "recovery": RECOVERY[record["kd"]],
             "checkpoint": label, "epochs": points[label]["epochs"],
             "cpu_min": round(points[label]["cpu_s"] / 60, 2), "validation": val[label],
@@ -378,6 +378,21 @@ def summarize(state: State) -> dict[str, Any]:
             "generate": state.data["generate"], "filter": state.data["filter"],
             "validation_cost": state.data["validation"]["cost"],
             "heldout_cost": held["cost"]}
+
+
+def start_label(start: dict[str, Any]) -> str:
+    """What a student starts from, read from the config of the prune or init command that made
+    its start (an earlier student's, when its start is a copy)."""
+    command = start["command"].split()
+    config = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())
+    if "init" in command:
+        keep = config.get("keep_every")
+        return f"depth cut (keep every {keep})" if keep else "depth cut"
+    widths = [k for k in ("target_params", "mlp", "hidden", "heads") if config.get(k)]
+    if config.get("layers") and not widths:
+        return f"depth prune ({config['layers']} blocks by importance)"
+    return "width prune" + (f" + depth ({config['layers']} blocks)" if config.get("layers")
+                            else "")
 
 
 def ce_trend(train_out: Path) -> dict[int, float]:

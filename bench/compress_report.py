@@ -42,7 +42,7 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("accuracy (greedy)")
     ax.set_title(f"0.5x students of the teacher on {figures['run']['heldout']}")
     ax.set_xscale("log")
-    ax.set_xticks([10, 15, 20, 30, 45, 60, 90, 120])
+    ax.set_xticks([10, 15, 20, 30, 45, 60, 90, 120, 240, 480, 1000])
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylim(-0.02, max(0.5, teacher["accuracy_ci"][1] + 0.05))
@@ -174,7 +174,9 @@ NOTES = """## How this was run
   Held-out: the first {heldout_limit} of {heldout_file}, greedy, {heldout_tokens} tokens.
 - Students: the width prune is `cotdistill student prune --target-params 0.5` (MLP and hidden
   channels ranked by activations on the kept traces, widths multiples of 64); the depth cut is
-  `student init --keep-every 3` (10 of 30 layers); a student whose start has the same config as
+  `student init --keep-every 3` (10 of 30 layers), the depth prune `student prune --layers 10`
+  (the 10 blocks of most influence on the kept traces, 1 - cos of a block's input and output,
+  kept); a student whose start has the same config as
   an earlier one's gets a copy, its measured cost counted in both. Each trains (full
   fine-tune, the config's `train:`) with the learning rate decaying to 0 at its last step
   ({schedule}). A checkpoint mid-run is not the same as a shorter run
