@@ -21,6 +21,9 @@ teacher, with the paired difference to it. x: CPU minutes of generation + filter
         --out runs/bench_compress/demo90 --reuse-data runs/bench_compress/demo \
         --students width-sft width-topk --steps 50 100 150 200 250 300 --budget-min 90 \
         --name compress_90 --remarks bench/compress_90_remarks.md   # the 90-CPU-minute points
+    # ... then, each adding its student to the same OUT (bench/results/compress_90.md lists all):
+    #   --students depth-sft; --students depth-topk; --students depth-imp-topk (same --steps)
+    #   --students width-onpolicy --steps 25 50 75 100 125
     .venv/bin/python bench/bench_compress.py --config bench/compress_smoke.yaml \
         --out runs/bench_compress/smoke --val-size 10 --steps 1 --no-results  # catches errors
 

@@ -98,8 +98,7 @@ def markdown(figures: dict[str, Any]) -> str:
               "| student | slope per doubling of CPU | minutes to target |", "|---|---:|---:|"]
     for name, r in figures["rows"].items():
         e = r["extrapolation"]
-        lines.append(f"| {name} | {e['slope_per_doubling']} | "
-                     f"{e['minutes_to_target'] if e['minutes_to_target'] else 'no estimate'} |")
+        lines.append(f"| {name} | {e['slope_per_doubling']} | {minutes_cell(e)} |")
     lines += ["", "Training CE on the kept traces at the logged steps (SFT: its loss; KD: the "
               "CE term), the held-out share of answers cut at max_tokens, and a lower bound "
               "on the CPU minutes of the one setting measured to lift the 10-layer cut off "
@@ -131,6 +130,14 @@ def markdown(figures: dict[str, Any]) -> str:
     if run["remarks"]:
         lines += ["", *Path(run["remarks"]).read_text().rstrip().splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def minutes_cell(fit: dict[str, Any]) -> str:
+    """The fit's minutes to the target, or why there is none (a slope too flat to read)."""
+    minutes = fit["minutes_to_target"]
+    if minutes is None:
+        return "no estimate (no upward trend)"
+    return f"{minutes:.0f}" if minutes <= 100_000 else "over 100,000 (nearly flat)"
 
 
 def thinned(trend: dict[Any, float], most: int = 10) -> dict[Any, float]:
