@@ -45,9 +45,6 @@ def _teacher_spec(config: PipelineConfig, source: Any, ask_server: bool = True) 
     return OpenAIBackend(None, engine).model
 
 
-TEACHER_KD = ("online", "on-policy", "on-policy-vllm")  # train `kd:` modes that load a teacher
-
-
 def _topk_source(train: dict[str, Any], generate: Any, gen_dir: Path, section: str,
                  source: Any) -> dict[str, Any]:
     """`kd: offline-topk` reads the teacher's top-k logprobs this run's generate stored."""
@@ -91,7 +88,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
     from cotdistill.evaluate.config import EvaluateConfig
     from cotdistill.filter.config import FilterConfig
     from cotdistill.generate.config import GenerateConfig
-    from cotdistill.train.config import TrainConfig
+    from cotdistill.train.config import TEACHER_KD, TrainConfig
 
     if config.problems is None or config.eval_problems is None:
         raise InputError("run needs `problems` and `eval_problems`", file=source,
@@ -102,6 +99,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
             raise InputError("file not found", file=path, field=key)
     out = Path(config.out)
     teacher_model = config.teacher  # None: each stage resolves the embedded teacher itself
+    kd_teacher = teacher_model or "embedded"  # what a distilling train stage is told
     teacher_dep = [Path(config.teacher)] if config.teacher and Path(config.teacher).exists() else []
 
     owned(config.generate, ("problems", "out", "teacher"), "generate")
@@ -184,7 +182,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
         train_keys, chain_dep = _chain_teacher(student.train, models, names, section, source)
         if train_keys.get("kd") in TEACHER_KD and not train_keys.get("teacher") \
                 and not train_keys.get("teachers"):  # the run's teacher scores the student
-            train_keys["teacher"] = teacher_model or "embedded"
+            train_keys["teacher"] = kd_teacher
             chain_dep += teacher_dep
         train = section_of(
             TrainConfig,
@@ -206,7 +204,7 @@ def plan(config: PipelineConfig, source: Any = None, ask_server: bool = True) ->
             on_policy = section_of(
                 TrainConfig,
                 {**student.on_policy, "data": [sft], "out": model_dir, "kd": mode,
-                 "student": str(sft_model), "teacher": teacher_model or "embedded"},
+                 "student": str(sft_model), "teacher": kd_teacher},
                 f"{section}.on_policy", source,
             )
             steps.append(Step(f"{student.name}: on-policy", "train", model_dir, on_policy,

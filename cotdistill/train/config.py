@@ -20,6 +20,7 @@ CHECKPOINTS = "checkpoints"
 RUN_STAMP = "run.json"  # beside the checkpoints: the data and config they were made from
 
 
+TEACHER_KD = ("online", "on-policy", "on-policy-vllm")  # `kd:` modes that load a teacher
 MASTER = "master"  # out/master: the fp32 weights a full fine-tune trained, when saved narrower
 
 
