@@ -305,7 +305,7 @@ def score(args: argparse.Namespace, state: State, built: dict[str, Any]) -> None
         same_teacher({m: r["accuracy"] for m, r in held["models"].items()},
                      {m: r["accuracy"] for m, r in rows.items()}, "held-out")
         held = state.put("heldout", {
-            "cost": added(held["cost"], cost), "chosen": {**held["chosen"], **chosen},
+            "cost": added(held["cost"], cost), "chosen": chosen,
             "models": {**rows, **held["models"], **{n: rows[n] for n in stale}},
             "differences": [d for d in held["differences"] if d["model"] not in stale]
             + [d for d in summary["differences"] if d["model"] in stale]})
